@@ -1,2 +1,29 @@
-"""recon: GAN2Shape 3D reconstruction (depth, albedo, normals, light, view) in pure torch."""
+"""recon: GAN2Shape 3D reconstruction (depth, albedo, normals, light, view) in pure torch.
+
+Main entry points: :class:`Reconstructor` (per-image method), :class:`ReconstructionResult`,
+:func:`recon.stylegan2.load_stylegan2`, :func:`recon.config.load_config`.
+"""
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Reconstructor": ("recon.reconstructor", "Reconstructor"),
+    "ReconstructionResult": ("recon.result", "ReconstructionResult"),
+    "DivergenceError": ("recon.errors", "DivergenceError"),
+    "InputError": ("recon.errors", "InputError"),
+    "load_config": ("recon.config", "load_config"),
+    "load_bundle": ("recon.bundle", "load_bundle"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import recon` stays cheap and submodules load only when used.
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'recon' has no attribute {name!r}")

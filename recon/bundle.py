@@ -1,0 +1,145 @@
+"""The model bundle: one small manifest naming every weight file a run needs.
+
+Example (YAML or JSON; relative paths are resolved against the manifest's own
+location, so a bundle folder can be copied to object storage as a whole)::
+
+    stylegan2: stylegan2-celeba-config-e.pt        # rosinality checkpoint (g_ema, d)
+    lpips:                                          # LPIPS-VGG v0.1 perceptual loss
+      vgg16: vgg16-397923af.pth                     #   torchvision VGG16 state dict
+      heads: lpips_vgg_v0.1.pth                     #   LPIPS linear heads (lin0..lin4)
+    view_mvn: celeba_view_mvn.pth                   # {mean: (6,), cov: (6, 6)}
+    light_mvn: celeba_light_mvn.pth                 # {mean: (4,), cov: (4, 4)}
+    pretrained: celeba_pretrain.pth                 # optional D/A/V/L/E start weights
+
+``view_mvn`` and ``light_mvn`` may also be given inline as ``{mean: [...], cov: [[...]]}``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from .storage import StorageError, fetch, join_uri
+
+KNOWN_KEYS = {"stylegan2", "lpips", "view_mvn", "light_mvn", "pretrained", "description", "name"}
+NETWORK_KEYS = ("netD", "netA", "netV", "netL", "netEnc")
+
+
+class BundleError(ValueError):
+    """The manifest or one of the files it names is missing or malformed."""
+
+
+@dataclass
+class Gaussian:
+    """A multivariate normal (the view and light priors of spec §3.5)."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` samples, drawn on the CPU from ``generator`` so results do not depend on the device."""
+        chol = torch.linalg.cholesky(self.cov.double() + 1e-12 * torch.eye(len(self.mean), dtype=torch.float64))
+        eps = torch.randn(n, len(self.mean), generator=generator, dtype=torch.float64)
+        return (self.mean.double() + eps @ chol.T).float()
+
+
+@dataclass
+class ModelBundle:
+    uri: str
+    stylegan2: str
+    view_mvn: Gaussian
+    light_mvn: Gaussian
+    lpips_vgg16: str | None = None
+    lpips_heads: str | None = None
+    pretrained: str | None = None
+    description: str = ""
+    raw: dict = field(default_factory=dict)
+
+    def identity(self) -> dict:
+        """What names the weights of this bundle (part of every run's config hash)."""
+        return {"bundle": self.uri, "stylegan2": self.stylegan2, "lpips": [self.lpips_vgg16, self.lpips_heads],
+                "pretrained": self.pretrained, "view_mean": self.view_mvn.mean.tolist(),
+                "light_mean": self.light_mvn.mean.tolist()}
+
+
+def _load_tensor_file(uri: str, storage_options: Mapping[str, Any] | None) -> Any:
+    path = fetch(uri, storage_options=storage_options)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BundleError(f"{uri}: unreadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+def _gaussian(spec: Any, dim: int, what: str, base: str, storage_options) -> Gaussian:
+    if isinstance(spec, str):
+        spec = _load_tensor_file(join_uri(base, spec), storage_options)
+    if not isinstance(spec, Mapping) or "mean" not in spec or "cov" not in spec:
+        raise BundleError(f"{what} must hold 'mean' and 'cov' (a file or an inline mapping)")
+    mean = torch.as_tensor(spec["mean"], dtype=torch.float32).reshape(-1).cpu()
+    cov = torch.as_tensor(spec["cov"], dtype=torch.float32).cpu()
+    if mean.shape != (dim,) or cov.shape != (dim, dim):
+        raise BundleError(f"{what} must have mean ({dim},) and cov ({dim}, {dim}), got {tuple(mean.shape)} and {tuple(cov.shape)}")
+    if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        raise BundleError(f"{what} holds non-finite values")
+    return Gaussian(mean=mean, cov=cov)
+
+
+def load_bundle(uri: str | Path, storage_options: Mapping[str, Any] | None = None) -> ModelBundle:
+    """Read a bundle manifest from a path or any fsspec URL and resolve the files it names."""
+    uri = str(uri)
+    try:
+        text = fetch(uri, storage_options=storage_options, use_cache=False).read_text()
+    except StorageError as exc:
+        raise BundleError(f"cannot read model bundle: {exc}") from exc
+    try:
+        raw = json.loads(text) if uri.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise BundleError(f"{uri}: not valid YAML/JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{uri}: a bundle manifest is a mapping with at least 'stylegan2', 'view_mvn', 'light_mvn'")
+    unknown = set(raw) - KNOWN_KEYS
+    if unknown:
+        raise BundleError(f"{uri}: unknown keys {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
+    for key in ("stylegan2", "view_mvn", "light_mvn"):
+        if key not in raw:
+            raise BundleError(f"{uri}: missing '{key}'")
+    lpips = raw.get("lpips") or {}
+    if not isinstance(lpips, Mapping) or set(lpips) - {"vgg16", "heads"}:
+        raise BundleError(f"{uri}: 'lpips' must be a mapping with 'vgg16' and 'heads'")
+    resolve = lambda v: join_uri(uri, str(v)) if v else None  # noqa: E731
+    return ModelBundle(
+        uri=uri,
+        stylegan2=resolve(raw["stylegan2"]),
+        view_mvn=_gaussian(raw["view_mvn"], 6, "view_mvn", uri, storage_options),
+        light_mvn=_gaussian(raw["light_mvn"], 4, "light_mvn", uri, storage_options),
+        lpips_vgg16=resolve(lpips.get("vgg16")),
+        lpips_heads=resolve(lpips.get("heads")),
+        pretrained=resolve(raw.get("pretrained")),
+        description=str(raw.get("description", "")),
+        raw=raw,
+    )
+
+
+def load_pretrained_networks(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict]:
+    """State dicts of D, A, V, L, E from a checkpoint dict keyed ``netD`` ... ``netEnc``."""
+    ckpt = _load_tensor_file(uri, storage_options)
+    if not isinstance(ckpt, Mapping):
+        raise BundleError(f"{uri}: expected a dict with keys {list(NETWORK_KEYS)}")
+    missing = [k for k in NETWORK_KEYS if k not in ckpt]
+    if missing:
+        raise BundleError(f"{uri}: pretrained checkpoint lacks {missing}; has {sorted(map(str, ckpt))}")
+    return {k: ckpt[k] for k in NETWORK_KEYS}
+
+
+def write_bundle(path: str | Path, manifest: Mapping[str, Any]) -> Path:
+    """Write a manifest (YAML) after checking its keys; returns the path."""
+    unknown = set(manifest) - KNOWN_KEYS
+    if unknown:
+        raise BundleError(f"unknown bundle keys {sorted(unknown)}")
+    path = Path(path)
+    path.write_text(yaml.safe_dump(dict(manifest), sort_keys=False))
+    return path

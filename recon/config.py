@@ -1,0 +1,265 @@
+"""Method configuration: the reference's per-dataset presets plus user overrides.
+
+A preset is a YAML file in ``recon/presets`` holding every value of one of the
+reference configs (gan2shape_spec.md §1.3, §7); ``_defaults.yaml`` holds what all
+configs share. Users override any key from the command line (``key=value``,
+dotted keys for nested values such as ``stage_len.step1=100``) or from their own
+YAML/JSON file. Unknown keys and wrong types are errors, so a typo never
+silently runs the reference settings.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+STEPS = ("step1", "step2", "step3")
+
+#: Allowed values of the keys that select reference quirks or their fixes.
+CHOICES = {
+    "category": ("face", "synface", "cat", "car", "church", "generic"),
+    "ellipsoid_center": ("image", "box"),
+    "mapping_tail": ("reference", "exact"),
+    "pseudo_light_strength": ("last_image", "per_image"),
+    "renderer": ("torch", "neural_renderer"),
+}
+
+
+class ConfigError(ValueError):
+    """An unknown preset, an unknown key, or a value of the wrong type or range."""
+
+
+@dataclass
+class GAN2ShapeConfig:
+    """Every setting of one GAN2Shape run (see ``recon/presets/_defaults.yaml`` for meanings)."""
+
+    name: str = "custom"
+    category: str = "face"
+    image_size: int = 128
+    crop: int | None = None
+    num_stage: int = 4
+    stage_len: dict = field(default_factory=lambda: {"step1": 600, "step2": 600, "step3": 400})
+    stage_len_later: dict = field(default_factory=lambda: {"step1": 200, "step2": 500, "step3": 300})
+    collect_iters: int = 100
+    batchsize: int = 16
+    flip1: list = field(default_factory=lambda: [False] * 4)
+    flip3: list = field(default_factory=lambda: [False] * 4)
+    relative_enc: bool = False
+    use_mask: bool = False
+    view_scale: float = 1.0
+    rand_light: list = field(default_factory=lambda: [-1.0, 1.0, -0.2, 0.8, -0.1, 0.6, -0.6])
+    F1_d: int = 2
+    prior_near: float = 0.91
+    prior_far: float = 1.02
+    prior_iters: int = 1000
+    prior_every_image: bool = False
+    joint_train: bool = False
+    reset_weight: bool = True
+    min_depth: float = 0.9
+    max_depth: float = 1.1
+    border_depth: float | None = None
+    xyz_rotation_range: float = 60.0
+    xy_translation_range: float = 0.1
+    z_translation_range: float = 0.0
+    rot_center_depth: float = 1.0
+    fov: float = 10.0
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    lam_perc: float = 0.5
+    lam_smooth: float = 0.01
+    lam_regular: float = 0.01
+    add_mean_V: bool = True
+    add_mean_L: bool = True
+    truncation: float = 1.0
+    renderer: str = "torch"
+    fast: float = 1.0
+    default_mask_box: list = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
+    border_weight: float = 1.02
+    ellipsoid_center: str = "image"
+    mapping_tail: str = "reference"
+    encoder_shortcut_relu: bool = True
+    pseudo_light_strength: str = "last_image"
+
+    # --- derived values ------------------------------------------------------
+    @property
+    def effective_border_depth(self) -> float:
+        if self.border_depth is not None:
+            return float(self.border_depth)
+        return 0.7 * self.max_depth + 0.3 * self.min_depth
+
+    def scaled(self, n: int) -> int:
+        """An iteration count under the ``fast`` factor (never below 1 for a non-zero count)."""
+        if n <= 0:
+            return 0
+        return max(1, int(math.floor(n * self.fast + 0.5)))
+
+    def step_iters(self, stage: int, step: str) -> int:
+        lengths = self.stage_len if stage == 0 else self.stage_len_later
+        return self.scaled(int(lengths[step]))
+
+    @property
+    def collect(self) -> int:
+        return self.scaled(self.collect_iters)
+
+    @property
+    def prior_fit_iters(self) -> int:
+        return self.scaled(self.prior_iters)
+
+    def flip(self, which: str, stage: int) -> bool:
+        flags = self.flip1 if which == "step1" else self.flip3
+        return bool(flags[min(stage, len(flags) - 1)]) if flags else False
+
+    def total_iterations(self) -> dict[str, int]:
+        """Gradient iterations per step over all stages (the schedule of spec §1.3)."""
+        return {s: sum(self.step_iters(k, s) for k in range(self.num_stage)) for s in STEPS}
+
+    # --- serialisation ---------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    def hash(self, extra: Mapping[str, Any] | None = None) -> str:
+        """Short stable hash of every setting (and ``extra``, e.g. the model bundle's identity)."""
+        payload = {"config": self.to_dict(), "extra": dict(extra or {})}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def validate(self) -> "GAN2ShapeConfig":
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        if self.image_size < 32 or self.image_size & (self.image_size - 1):
+            raise ConfigError(f"image_size must be a power of two >= 32, got {self.image_size}")
+        if self.num_stage < 1:
+            raise ConfigError("num_stage must be >= 1")
+        for name in ("stage_len", "stage_len_later"):
+            lengths = getattr(self, name)
+            if set(lengths) != set(STEPS) or any(int(v) < 0 for v in lengths.values()):
+                raise ConfigError(f"{name} must map step1, step2, step3 to counts >= 0, got {lengths}")
+        if len(self.rand_light) != 7:
+            raise ConfigError(f"rand_light needs 7 numbers [x_min, x_max, y_min, y_max, r_min, r_max, alpha], got {self.rand_light}")
+        if not (0 < self.fast):
+            raise ConfigError(f"fast must be > 0, got {self.fast}")
+        if self.batchsize < 1:
+            raise ConfigError("batchsize must be >= 1")
+        if not self.min_depth < self.max_depth:
+            raise ConfigError("min_depth must be below max_depth")
+        box = self.default_mask_box
+        if len(box) != 4 or not (0 <= box[0] < box[1] <= 1 and 0 <= box[2] < box[3] <= 1):
+            raise ConfigError(f"default_mask_box must be [row0, row1, col0, col1] fractions, got {box}")
+        return self
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(GAN2ShapeConfig)}
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _read_mapping(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Check ``value`` against the type of the current value of ``key``."""
+    if isinstance(value, str) and not isinstance(current, str):
+        value = yaml.safe_load(value)  # command-line strings: "true", "0.5", "[1, 2]", "null"
+    if value is None:
+        if key in ("crop", "border_depth"):
+            return None
+        raise ConfigError(f"{key} cannot be null")
+    if isinstance(current, bool) or key in ("relative_enc", "use_mask"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, int) or key == "crop":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float) or key == "border_depth":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(current, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return value
+    if isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {**current, **value}
+    if isinstance(current, str):
+        return str(value)
+    return value
+
+
+def apply_overrides(cfg_dict: dict, overrides: Mapping[str, Any]) -> dict:
+    """Apply ``{key: value}`` (dotted keys reach into mappings, e.g. ``stage_len.step1``)."""
+    out = copy.deepcopy(cfg_dict)
+    for raw_key, value in overrides.items():
+        key, _, sub = str(raw_key).partition(".")
+        if key not in FIELD_TYPES or key == "name":
+            raise ConfigError(f"unknown config key {raw_key!r}; valid keys: {sorted(k for k in FIELD_TYPES if k != 'name')}")
+        if sub:
+            if not isinstance(out[key], dict) or sub not in out[key]:
+                raise ConfigError(f"unknown config key {raw_key!r}")
+            v = yaml.safe_load(value) if isinstance(value, str) else value
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{raw_key} must be an integer, got {value!r}")
+            out[key][sub] = v
+        else:
+            out[key] = _coerce(key, value, out[key])
+    return out
+
+
+def parse_assignments(pairs: list[str] | None) -> dict[str, str]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": "1", "b.c": "x"}`` (values parsed later, per key type)."""
+    result: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def load_config(
+    preset: str,
+    overrides: Mapping[str, Any] | None = None,
+    override_file: str | Path | None = None,
+) -> GAN2ShapeConfig:
+    """Build the config of a named preset (or a preset YAML path), then apply a file and overrides.
+
+    Precedence: reference defaults < preset < ``override_file`` < ``overrides``.
+    """
+    base = GAN2ShapeConfig().to_dict()
+    base.update(_read_mapping(PRESET_DIR / "_defaults.yaml"))
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        preset_values, name = _read_mapping(path), path.stem
+    elif (PRESET_DIR / f"{preset}.yaml").is_file():
+        preset_values, name = _read_mapping(PRESET_DIR / f"{preset}.yaml"), preset
+    else:
+        raise ConfigError(f"unknown preset {preset!r}; available: {available_presets()} (or a path to a YAML file)")
+    merged = apply_overrides(base, preset_values)
+    if override_file is not None:
+        merged = apply_overrides(merged, _read_mapping(Path(override_file)))
+    if overrides:
+        merged = apply_overrides(merged, overrides)
+    merged["name"] = name
+    return GAN2ShapeConfig(**merged).validate()

@@ -1,0 +1,111 @@
+"""Presets hold the reference numbers (gan2shape_spec.md §1.3, §7); overrides are checked."""
+from __future__ import annotations
+
+import pytest
+
+from recon.config import ConfigError, available_presets, load_config, parse_assignments
+
+# (preset, total gradient iterations of spec §1.3, batchsize, image_size, crop, F1_d, num_stage,
+#  relative_enc, use_mask, view_scale, collect_iters, rand_light set)
+A = [-1.0, 1.0, -0.2, 0.8, -0.1, 0.6, -0.6]
+B = [-0.9, 0.9, -0.3, 0.8, -0.1, 0.7, -0.4]
+REFERENCE = [
+    ("car", 5300, 8, 128, None, 2, 4, False, True, 1.0, 100, A),
+    ("church", 5300, 8, 128, None, 2, 4, False, True, 1.0, 100, A),
+    ("celeba", 4600, 16, 128, None, 2, 4, True, False, 1.2, 100, A),
+    ("cat", 4600, 16, 128, 170, 2, 4, True, False, 1.2, 100, A),
+    ("synface", 1200, 16, 64, 170, 8, 1, True, False, 1.2, 100, B),
+    ("celeba_pretrain", 12600, 8, 128, None, 2, 4, True, False, 1.2, 800, A),
+    ("cat_pretrain", 12600, 8, 128, 170, 2, 4, True, False, 1.2, 800, A),
+    ("synface_pretrain", 23400, 12, 64, 170, 8, 8, True, False, 1.2, 1000, B),
+]
+
+
+def test_all_reference_presets_exist():
+    assert set(available_presets()) >= {p[0] for p in REFERENCE}
+
+
+@pytest.mark.parametrize("row", REFERENCE, ids=[r[0] for r in REFERENCE])
+def test_preset_matches_reference_numbers(row):
+    name, total, bs, size, crop, f1d, stages, rel, mask, vscale, collect, light = row
+    cfg = load_config(name)
+    assert sum(cfg.total_iterations().values()) == total
+    assert (cfg.batchsize, cfg.image_size, cfg.crop, cfg.F1_d, cfg.num_stage) == (bs, size, crop, f1d, stages)
+    assert (cfg.relative_enc, cfg.use_mask, cfg.view_scale, cfg.collect_iters) == (rel, mask, vscale, collect)
+    assert cfg.rand_light == light
+    # identical in all reference configs
+    assert (cfg.min_depth, cfg.max_depth, cfg.xyz_rotation_range, cfg.xy_translation_range) == (0.9, 1.1, 60.0, 0.1)
+    assert (cfg.lr, cfg.weight_decay, cfg.lam_perc, cfg.lam_smooth, cfg.lam_regular) == (1e-4, 5e-4, 0.5, 0.01, 0.01)
+    assert cfg.z_translation_range == 0.0 and cfg.fov == 10.0 and cfg.rot_center_depth == 1.0
+    assert abs(cfg.effective_border_depth - 1.04) < 1e-12
+    assert len(cfg.flip1) == len(cfg.flip3) == stages
+
+
+def test_stage_lengths_and_flips():
+    car = load_config("car")
+    assert [car.step_iters(0, s) for s in ("step1", "step2", "step3")] == [700, 700, 600]
+    assert [car.step_iters(2, s) for s in ("step1", "step2", "step3")] == [200, 500, 400]
+    celeba = load_config("celeba")
+    assert [celeba.flip("step3", s) for s in range(4)] == [True, False, False, False]
+    assert not any(celeba.flip("step1", s) for s in range(4))
+    pre = load_config("celeba_pretrain")
+    assert [pre.flip("step1", s) for s in range(4)] == [False, True, True, True]
+    church = load_config("church")
+    assert (church.prior_near, church.prior_far) == (0.91, 1.0)
+    assert (load_config("cat").prior_near, load_config("cat").prior_far) == (0.91, 1.02)
+
+
+def test_reference_quirks_are_default_and_fixes_are_named_options():
+    cfg = load_config("celeba")
+    assert (cfg.border_weight, cfg.ellipsoid_center, cfg.mapping_tail, cfg.encoder_shortcut_relu,
+            cfg.pseudo_light_strength) == (1.02, "image", "reference", True, "last_image")
+    fixed = load_config("celeba", {"border_weight": "1.0", "ellipsoid_center": "box", "mapping_tail": "exact",
+                                   "encoder_shortcut_relu": "false", "pseudo_light_strength": "per_image"})
+    assert (fixed.border_weight, fixed.ellipsoid_center, fixed.mapping_tail, fixed.encoder_shortcut_relu,
+            fixed.pseudo_light_strength) == (1.0, "box", "exact", False, "per_image")
+
+
+def test_fast_scales_every_iteration_count():
+    cfg = load_config("celeba", {"fast": "0.1"})
+    assert cfg.total_iterations() == {"step1": 60 + 3 * 20, "step2": 60 + 3 * 50, "step3": 40 + 3 * 30}
+    assert cfg.collect == 10 and cfg.prior_fit_iters == 100
+    tiny = load_config("synface", {"fast": 0.001})
+    assert tiny.total_iterations() == {"step1": 1, "step2": 1, "step3": 1}  # never rounds a step away
+
+
+def test_overrides_from_command_line_strings_and_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("batchsize: 4\nstage_len: {step1: 3}\n")
+    cfg = load_config("car", parse_assignments(["stage_len.step2=7", "use_mask=false"]), override_file=f)
+    assert cfg.batchsize == 4 and cfg.stage_len == {"step1": 3, "step2": 7, "step3": 600}
+    assert cfg.use_mask is False
+    assert load_config("car").hash() != cfg.hash()
+    assert load_config("car").hash() == load_config("car").hash()
+
+
+def test_preset_from_yaml_path(tmp_path):
+    f = tmp_path / "mycat.yaml"
+    f.write_text("category: cat\nimage_size: 64\nbatchsize: 2\n")
+    cfg = load_config(str(f))
+    assert cfg.name == "mycat" and cfg.image_size == 64 and cfg.batchsize == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batchsise": "4"}, "unknown config key 'batchsise'"),
+    ({"batchsize": "four"}, "batchsize must be an integer"),
+    ({"use_mask": "maybe"}, "use_mask must be true or false"),
+    ({"mapping_tail": "sideways"}, "mapping_tail must be one of"),
+    ({"stage_len.step4": "1"}, "unknown config key 'stage_len.step4'"),
+    ({"image_size": "100"}, "power of two"),
+    ({"fast": "0"}, "fast must be > 0"),
+])
+def test_bad_overrides_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("celeba", overrides)
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="available: .*celeba"):
+        load_config("horse")
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_assignments(["fast"])
