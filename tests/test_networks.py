@@ -1,0 +1,288 @@
+"""D, A, V, L, E (spec §2.1–2.3): layer tables, sizes, the E quirk, and vmap over instances."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
+
+from recon.networks import (
+    ConvEncoder,
+    EDDeconv,
+    ResBlockDown,
+    ResEncoder,
+    build_networks,
+    widths_for,
+)
+
+NAMES = ("netD", "netA", "netV", "netL", "netEnc")
+
+
+def _describe(module: nn.Module) -> tuple:
+    """A module as a row of the spec's tables: kind and the numbers the table gives."""
+    if isinstance(module, nn.ConvTranspose2d):
+        assert module.bias is None
+        return ("convT", module.in_channels, module.out_channels, module.kernel_size[0], module.stride[0],
+                module.padding[0])
+    if isinstance(module, nn.Conv2d):
+        assert module.bias is None
+        return ("conv", module.in_channels, module.out_channels, module.kernel_size[0], module.stride[0],
+                module.padding[0])
+    if isinstance(module, nn.GroupNorm):
+        return ("gn", module.num_groups, module.num_channels)
+    if isinstance(module, nn.LeakyReLU):
+        return ("lrelu", module.negative_slope)
+    if isinstance(module, nn.ReLU):
+        return ("relu",)
+    if isinstance(module, nn.Upsample):
+        return ("up", module.scale_factor, module.mode)
+    if isinstance(module, nn.Tanh):
+        return ("tanh",)
+    raise AssertionError(f"unexpected module {module!r}")
+
+
+def _down(cin, cout):
+    return ("conv", cin, cout, 4, 2, 1)
+
+
+def _spec_table_d_128(cout: int) -> list[tuple]:
+    """Spec §2.1, the encoder and decoder tables at 128 (nf=32), written out row by row."""
+    lrelu, relu = ("lrelu", 0.2), ("relu",)
+    enc = [
+        _down(3, 32),
+        ("gn", 8, 32), lrelu, _down(32, 64),
+        ("gn", 16, 64), lrelu, _down(64, 128),
+        ("gn", 32, 128), lrelu, _down(128, 256),
+        ("gn", 64, 256), lrelu, _down(256, 512),  # the extra block
+        lrelu, ("conv", 512, 256, 4, 1, 0), relu,
+    ]
+
+    def up_block(cin, c, g):
+        return [("convT", cin, c, 4, 2, 1), ("gn", g, c), relu, ("conv", c, c, 3, 1, 1), ("gn", g, c), relu]
+
+    dec = [("convT", 256, 512, 4, 1, 0), relu, ("conv", 512, 512, 3, 1, 1), relu]
+    dec += up_block(512, 256, 64) + up_block(256, 128, 32) + up_block(128, 64, 16)
+    dec += up_block(64, 32, 8)  # the extra block
+    dec += [("up", 2.0, "nearest"), ("conv", 32, 32, 3, 1, 1), ("gn", 8, 32), relu,
+            ("conv", 32, 32, 5, 1, 2), ("gn", 8, 32), relu, ("conv", 32, cout, 5, 1, 2)]
+    return enc + dec
+
+
+@pytest.mark.parametrize("cout,activation", [(1, None), (3, "tanh")])
+def test_depth_and_albedo_nets_follow_the_spec_table_at_128_layer_by_layer(cout, activation):
+    net = EDDeconv(cout=cout, image_size=128, activation=activation)
+    expected = _spec_table_d_128(cout) + ([("tanh",)] if activation else [])
+    assert [_describe(m) for m in net.network] == expected
+    # state-dict layout of Unsup3D-style checkpoints: network.<index>.<param>
+    assert net.state_dict()["network.0.weight"].shape == (32, 3, 4, 4)
+    assert net.state_dict()["network.1.weight"].shape == (32,)  # GN(8,32) affine weight
+    assert all(k.startswith("network.") and k.count(".") == 2 for k in net.state_dict())
+
+
+def test_view_and_light_nets_follow_the_spec_table_at_128():
+    relu = ("relu",)
+    for cout in (6, 4):
+        net = ConvEncoder(cout=cout, image_size=128)
+        expected = [_down(3, 32), relu, _down(32, 64), relu, _down(64, 128), relu, _down(128, 256), relu,
+                    _down(256, 512), relu, ("conv", 512, 512, 4, 1, 0), relu, ("conv", 512, cout, 1, 1, 0),
+                    ("tanh",)]
+        assert [_describe(m) for m in net.network] == expected
+
+
+def _conv_params(cin, cout, k, bias=False):
+    return cin * cout * k * k + (cout if bias else 0)
+
+
+def _gn_params(c):
+    return 2 * c  # affine scale and shift
+
+
+def test_depth_net_parameter_count_at_64_equals_the_table():
+    # Spec §2.1 at 64: nf=64, GN base 16, no extra block, bottleneck 256, cout=1.
+    enc = [
+        _conv_params(3, 64, 4), _gn_params(64),
+        _conv_params(64, 128, 4), _gn_params(128),
+        _conv_params(128, 256, 4), _gn_params(256),
+        _conv_params(256, 512, 4),
+        _conv_params(512, 256, 4),
+    ]
+    dec = [_conv_params(256, 512, 4), _conv_params(512, 512, 3)]
+    for cin, c in ((512, 256), (256, 128), (128, 64)):
+        dec += [_conv_params(cin, c, 4), _gn_params(c), _conv_params(c, c, 3), _gn_params(c)]
+    dec += [_conv_params(64, 64, 3), _gn_params(64), _conv_params(64, 64, 5), _gn_params(64),
+            _conv_params(64, 1, 5)]
+    net = build_networks(64)["netD"]
+    assert sum(p.numel() for p in net.parameters()) == sum(enc) + sum(dec)
+
+
+def test_view_net_parameter_count_at_128_equals_the_table():
+    expected = sum([
+        _conv_params(3, 32, 4), _conv_params(32, 64, 4), _conv_params(64, 128, 4), _conv_params(128, 256, 4),
+        _conv_params(256, 512, 4),  # extra
+        _conv_params(512, 512, 4), _conv_params(512, 6, 1),
+    ])
+    net = build_networks(128)["netV"]
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def test_latent_encoder_structure_and_parameter_count_at_128():
+    # Spec §2.3 at 128: conv 3→32, ResBlockDown 32→64→128→256→512, ReLU, conv 512→1024 (4×4), ReLU, 1×1 →512.
+    def block(cin, cout):
+        return _conv_params(cin, cout, 3) + _conv_params(cout, cout, 3) + _conv_params(cin, cout, 1, bias=True)
+
+    expected = (_conv_params(3, 32, 4) + block(32, 64) + block(64, 128) + block(128, 256) + block(256, 512)
+                + _conv_params(512, 1024, 4) + _conv_params(1024, 512, 1))
+    net = build_networks(128)["netEnc"]
+    assert sum(p.numel() for p in net.parameters()) == expected
+    kinds = [type(m).__name__ for m in net.network]
+    assert kinds == ["Conv2d"] + ["ResBlockDown"] * 4 + ["ReLU", "Conv2d", "ReLU", "Conv2d"]
+    keys = set(net.state_dict())
+    assert {"network.1.conv1.weight", "network.1.conv2.weight", "network.1.conv_sc.weight",
+            "network.1.conv_sc.bias", "network.6.weight", "network.8.weight"} <= keys
+    assert net.state_dict()["network.4.conv_sc.weight"].shape == (512, 256, 1, 1)
+
+
+def test_latent_encoder_at_64_has_three_blocks_and_256_to_512_head():
+    net = build_networks(64)["netEnc"]
+    blocks = [m for m in net.network if isinstance(m, ResBlockDown)]
+    assert [(b.cin, b.cout) for b in blocks] == [(32, 64), (64, 128), (128, 256)]
+    assert net.network[-3].weight.shape == (512, 256, 4, 4)
+    assert net.network[-1].weight.shape == (512, 512, 1, 1)
+
+
+@pytest.mark.parametrize("size,encoder,decoder", [
+    (64, [16, 32, 64], [64, 64, 32, 32, 16, 16, 16, 16]),
+    (128, [8, 16, 32, 64], [64, 64, 32, 32, 16, 16, 8, 8, 8, 8]),
+    # 256 follows from the rule: nf=16, base 8, two extra blocks, still 2 channels per group.
+    (256, [8, 16, 32, 64, 128], [128, 128, 64, 64, 32, 32, 16, 16, 8, 8, 8, 8]),
+])
+def test_groupnorm_group_counts(size, encoder, decoder):
+    net = build_networks(size)["netD"]
+    groups = [m.num_groups for m in net.network if isinstance(m, nn.GroupNorm)]
+    assert groups == encoder + decoder
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_output_shapes_and_ranges(size):
+    torch.manual_seed(0)
+    nets = build_networks(size)
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        depth, albedo = nets["netD"](x), nets["netA"](x)
+        view, light, code = nets["netV"](x), nets["netL"](x), nets["netEnc"](x)
+    assert depth.shape == (2, 1, size, size) and torch.isfinite(depth).all()
+    assert albedo.shape == (2, 3, size, size)
+    assert view.shape == (2, 6) and light.shape == (2, 4) and code.shape == (2, 512)
+    for bounded in (albedo, view, light):
+        assert bounded.abs().max() < 1
+    # the raw depth has no output activation: it is not confined to (-1, 1) by construction
+    assert not any(isinstance(m, nn.Tanh) for m in nets["netD"].network)
+    # the two images give different outputs (no collapsed or constant network)
+    assert not torch.allclose(view[0], view[1]) and not torch.allclose(code[0], code[1])
+
+
+def test_size_256_builds_with_two_extra_blocks_and_runs():
+    nets = build_networks(256)
+    assert widths_for(256).extra == 2
+    x = torch.zeros(1, 3, 256, 256)
+    with torch.no_grad():
+        assert nets["netA"](x).shape == (1, 3, 256, 256)
+        assert nets["netEnc"](x).shape == (1, 512)
+
+
+def test_resblock_quirk_shortcut_pools_relu_of_input():
+    torch.manual_seed(1)
+    block = ResBlockDown(4, 8, shortcut_sees_relu=True)
+    x = torch.randn(2, 4, 8, 8)
+    r = x.clamp_min(0)
+    residual = F.conv2d(F.conv2d(r, block.conv1.weight, stride=2, padding=1).clamp_min(0),
+                        block.conv2.weight, padding=1)
+    pooled = (r[..., 0::2, 0::2] + r[..., 1::2, 0::2] + r[..., 0::2, 1::2] + r[..., 1::2, 1::2]) / 4
+    shortcut = F.conv2d(pooled, block.conv_sc.weight, block.conv_sc.bias)
+    torch.testing.assert_close(block(x), shortcut + residual)
+
+    block.shortcut_sees_relu = False
+    pooled_x = (x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2]) / 4
+    torch.testing.assert_close(block(x), F.conv2d(pooled_x, block.conv_sc.weight, block.conv_sc.bias) + residual)
+
+
+def test_encoder_quirk_on_and_off_give_different_outputs_with_same_weights():
+    torch.manual_seed(2)
+    quirky = ResEncoder(image_size=64)
+    plain = ResEncoder(image_size=64, shortcut_sees_relu=False)
+    plain.load_state_dict(quirky.state_dict())  # same parameters: the switch changes no weight layout
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(quirky(x), plain(x), atol=1e-4)
+    assert build_networks(64)["netEnc"].network[1].shortcut_sees_relu is True
+    assert build_networks(64, shortcut_sees_relu=False)["netEnc"].network[1].shortcut_sees_relu is False
+
+
+def _stacked(name: str, size: int, k: int = 3, **options):
+    copies = []
+    for seed in range(k):
+        torch.manual_seed(100 + seed)  # independently initialised instances
+        copies.append(build_networks(size, **options)[name])
+    params, buffers = stack_module_state(copies)
+    skeleton = copy.deepcopy(copies[0]).to("meta")
+    return copies, params, buffers, skeleton
+
+
+@pytest.mark.parametrize("name,size,options", [
+    *[(n, 64, {}) for n in NAMES],
+    ("netEnc", 128, {}),
+    ("netEnc", 64, {"shortcut_sees_relu": False}),
+])
+def test_vmap_over_stacked_instances_equals_running_each(name, size, options):
+    copies, params, buffers, skeleton = _stacked(name, size, **options)
+    torch.manual_seed(7)
+    xs = torch.rand(3, 2, 3, size, size) * 2 - 1  # a batch of 2 images per instance
+
+    def run(p, b, x):
+        return functional_call(skeleton, (p, b), (x,))
+
+    with torch.no_grad():
+        batched = vmap(run)(params, buffers, xs)
+        separate = torch.stack([net(x) for net, x in zip(copies, xs)])
+    assert not torch.allclose(separate[0], separate[1])  # instances really differ
+    torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["netD", "netEnc"])
+def test_vmap_gradients_over_stacked_instances_equal_each_instances_gradients(name):
+    copies, params, buffers, skeleton = _stacked(name, 64)
+    torch.manual_seed(8)
+    xs = torch.rand(3, 2, 3, 64, 64) * 2 - 1
+
+    def loss(p, b, x):
+        return functional_call(skeleton, (p, b), (x,)).square().mean()
+
+    batched = vmap(grad(loss))(params, buffers, xs)
+    for i, (net, x) in enumerate(zip(copies, xs)):
+        net.zero_grad()
+        net(x).square().mean().backward()
+        for key, param in net.named_parameters():
+            torch.testing.assert_close(batched[key][i], param.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_sizes_and_options_are_refused_clearly():
+    with pytest.raises(ValueError, match="power of two"):
+        build_networks(100)
+    with pytest.raises(ValueError, match="power of two"):
+        build_networks(32)
+    with pytest.raises(ValueError, match="activation"):
+        EDDeconv(cout=3, image_size=64, activation="relu")
+    with pytest.raises(TypeError, match="unknown options"):
+        build_networks(64, shortcut_sees_reluu=False)
+    nets = build_networks(64)
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\)"):
+        nets["netD"](torch.zeros(1, 3, 128, 128))  # would otherwise give a 64-net output of the wrong size
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\)"):
+        nets["netV"](torch.zeros(3, 64, 64))
+
+
+def test_latent_dim_sets_the_encoder_width():
+    assert build_networks(64, latent_dim=256)["netEnc"](torch.zeros(1, 3, 64, 64)).shape == (1, 256)
