@@ -133,6 +133,20 @@ def test_gradient_reaches_the_input_and_matches_a_finite_difference(weight_files
     torch.testing.assert_close((x.grad * v).sum(), numeric, rtol=1e-5, atol=1e-10)
 
 
+def test_an_all_zero_feature_layer_gives_finite_gradients(states):
+    # sqrt'(0) is infinite: a pixel whose relu5_3 features are all zero (common with real VGG
+    # weights on flat or masked regions) must not turn the input gradient into NaN.
+    vgg, heads = dict(states[0]), states[1]
+    vgg["features.28.bias"] = torch.full((512,), -1e3)  # relu5_3 is zero everywhere
+    model = LPIPS(vgg, heads)
+    x = _images(16, 1, 32).requires_grad_()
+    with torch.no_grad():
+        assert (model._normalised_features(x)[4] == 0).all()
+    d = model(x, _images(17, 1, 32))
+    d.sum().backward()
+    assert torch.isfinite(d).all() and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_is_frozen_and_in_eval_mode(lpips):
     assert not lpips.training
     assert all(not p.requires_grad for p in lpips.parameters())
