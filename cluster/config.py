@@ -1,0 +1,99 @@
+"""The job's settings, independent of how they were given (CLI or Python)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["Columns", "JobConfig", "SetupError", "parse_key_values", "DEFAULT_RECONSTRUCTOR"]
+
+#: Import path of the method class; tests point it at a test double.
+DEFAULT_RECONSTRUCTOR = "recon:Reconstructor"
+
+
+class SetupError(SystemExit):
+    """The job cannot start; raised before any actor starts, with the reason."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Names of the input columns (issue 6 item 2)."""
+
+    id: str = "image_id"
+    image: str = "image"
+    latent: str = "latent"
+    #: None: no mask column (a row needs a mask only if the preset requires one).
+    mask: str | None = None
+
+    def read_list(self) -> list[str]:
+        return [c for c in (self.id, self.image, self.latent, self.mask) if c]
+
+
+@dataclass
+class JobConfig:
+    """Everything one run of the batch job needs.
+
+    ``num_actors`` / ``cpus_per_actor`` of None are resolved at start from the
+    device and the cluster (see :func:`cluster.pipeline.run_job`).
+    """
+
+    input: str
+    output: str
+    bundle: str
+    preset: str
+    device: str = "auto"  # auto | cpu | cuda
+    num_actors: int | None = None
+    instances_per_actor: int = 1
+    cpus_per_actor: float | None = None
+    columns: Columns = field(default_factory=Columns)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_attempts: int = 3
+    limit: int | None = None
+    metrics_port: int = 9300  # 0 turns the endpoint off
+    metrics_host: str = "127.0.0.1"
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    reconstructor: str = DEFAULT_RECONSTRUCTOR
+    allow_fingerprint_change: bool = False
+    rows_per_shard: int = 256
+    progress_interval_s: float = 30.0
+    #: Ray Data's no-progress guard; -1 disables it (ray_pipeline.md §1.6, pitfall 1).
+    no_progress_timeout_s: float = -1
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SetupError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+        for name in ("instances_per_actor", "max_attempts", "rows_per_shard"):
+            if int(getattr(self, name)) < 1:
+                raise SetupError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.num_actors is not None and self.num_actors < 1:
+            raise SetupError("--num-actors must be at least 1")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise SetupError("--cpus-per-actor must be positive")
+        if self.limit is not None and self.limit < 0:
+            raise SetupError("--limit must be >= 0")
+        if not (0 <= self.metrics_port < 65536):
+            raise SetupError("--metrics-port must be in 0..65535 (0 turns the endpoint off)")
+        if self.output.rstrip("/") == self.input.rstrip("/"):
+            raise SetupError("--output must differ from --input")
+
+
+def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["a=1", "b.c=true"]`` -> ``{"a": 1, "b.c": True}``; values parsed as YAML
+    scalars so numbers and booleans arrive typed."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SetupError(f"{flag} expects key=value, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key] = value
+    return out

@@ -1,0 +1,133 @@
+"""Turning one input row's cells into the arrays the method takes.
+
+Runs inside the actor (not the driver) so a corrupt image becomes that row's
+error instead of failing a read task. Every failure raises
+:class:`RowInputError` with a message meant for the ``error`` column.
+Masks follow gan2shape_spec.md §3.3: values in [0, 1], 1 = object.
+"""
+from __future__ import annotations
+
+import io
+import posixpath
+from typing import Any, Mapping
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+__all__ = ["RowInputError", "decode_image", "decode_mask", "decode_latent", "resolve_relative"]
+
+
+class RowInputError(ValueError):
+    """This row's input cannot be used (the message goes into the output row)."""
+
+
+def resolve_relative(path: str, base_file_url: str | None) -> str:
+    """Resolve an image ``path`` from a Hugging Face image struct.
+
+    Absolute paths and URLs stay as they are; relative ones are taken relative
+    to the folder of the Parquet file the row came from (that is how the
+    ``datasets`` library writes them next to the data).
+    """
+    if "://" in path or path.startswith("/"):
+        return path
+    if not base_file_url:
+        raise RowInputError(f"image path {path!r} is relative but the row's input file is unknown")
+    if "://" in base_file_url:
+        scheme, rest = base_file_url.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), path))}"
+    return posixpath.normpath(posixpath.join(posixpath.dirname(base_file_url), path))
+
+
+def _encoded_bytes(value: Any, what: str, base_file_url: str | None,
+                   storage_options: Mapping[str, Any] | None) -> bytes:
+    if value is None:
+        raise RowInputError(f"missing {what}")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, Mapping):
+        data = value.get("bytes")
+        if data is not None:
+            return bytes(data)
+        path = value.get("path")
+        if not path:
+            raise RowInputError(f"missing {what}: the image struct has neither bytes nor path")
+        url = resolve_relative(str(path), base_file_url)
+        opts = {}
+        if "://" in url and base_file_url and "://" in base_file_url \
+                and url.split("://", 1)[0] == base_file_url.split("://", 1)[0]:
+            opts = dict(storage_options or {})  # same store as the input: same credentials
+        try:
+            with fsspec.open(url, "rb", **opts) as fh:
+                return fh.read()
+        except FileNotFoundError as exc:
+            raise RowInputError(f"{what} file not found: {url}") from exc
+        except Exception as exc:
+            raise RowInputError(f"cannot read {what} file {url}: {type(exc).__name__}: {exc}") from exc
+    raise RowInputError(f"unsupported {what} value of type {type(value).__name__}")
+
+
+def _open_image(data: bytes, what: str) -> Image.Image:
+    if not data:
+        raise RowInputError(f"{what} bytes are empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # decode now: truncated files fail here, not later
+    except Image.DecompressionBombError as exc:
+        raise RowInputError(f"{what} is too large to decode safely: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise RowInputError(f"cannot decode {what} bytes ({len(data)} bytes): not a known image format") from exc
+    except Exception as exc:
+        raise RowInputError(f"cannot decode {what} bytes ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
+    return img
+
+
+def decode_image(value: Any, *, base_file_url: str | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Encoded image (bytes or HF ``{bytes, path}``) -> uint8 (H, W, 3)."""
+    img = _open_image(_encoded_bytes(value, "image", base_file_url, storage_options), "image")
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise RowInputError(f"image is too small: {arr.shape[1]}x{arr.shape[0]} pixels")
+    return arr
+
+
+def decode_mask(value: Any, *, image_shape: tuple[int, int], base_file_url: str | None = None,
+                storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Encoded grayscale mask -> float32 (H, W) in [0, 1] (value / 255), same size as the image."""
+    img = _open_image(_encoded_bytes(value, "mask", base_file_url, storage_options), "mask")
+    arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if arr.shape != tuple(image_shape):
+        raise RowInputError(
+            f"mask is {arr.shape[1]}x{arr.shape[0]} but the image is {image_shape[1]}x{image_shape[0]}"
+        )
+    return arr
+
+
+def _has_none(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(v is None or _has_none(v) for v in value)
+    return False
+
+
+def decode_latent(value: Any, expected_dim: int) -> np.ndarray:
+    """A W latent (list of floats, or a [1, D] nested list) -> float32 (D,)."""
+    if value is None:
+        raise RowInputError("missing latent")
+    if _has_none(value):  # numpy would turn nulls into NaN and hide what happened
+        raise RowInputError("latent contains null values")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise RowInputError(f"latent is not a list of numbers (null entries or ragged lists): {exc}") from exc
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise RowInputError(f"latent has shape {arr.shape}; expected a flat list of {expected_dim} floats "
+                            "(W+ latents are not supported)")
+    if arr.size != expected_dim:
+        raise RowInputError(f"latent has {arr.size} values, expected {expected_dim}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise RowInputError(f"latent contains {bad} NaN or infinite values")
+    return arr.astype(np.float32)

@@ -1,0 +1,92 @@
+"""The run fingerprint: what must stay the same for results to belong together.
+
+ray_pipeline.md §2.4: the fingerprint hashes the code version, the method
+config, the model identity, the output schema version and the run seed. Rows
+computed under one fingerprint must not silently mix with rows computed under
+another, so an output folder remembers its fingerprint in ``_run.json`` and a
+run with a different one stops with the differences listed.
+
+With ``--allow-fingerprint-change`` the run goes on: rows already committed are
+kept (they are never overwritten), new rows carry the new fingerprint in their
+``run_fingerprint`` column, and ``_run.json`` records the history. To recompute
+everything under new settings, write to a new output folder instead.
+
+Execution settings (actor count, device count, shard size, attempts) are not in
+the fingerprint: they change how fast, not what.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .config import JobConfig, SetupError
+from .schema import SCHEMA_VERSION
+from .store import OutputStore
+
+__all__ = ["RunFingerprint", "compute_fingerprint", "claim_output"]
+
+
+@dataclass(frozen=True)
+class RunFingerprint:
+    digest: str
+    fields: dict[str, Any]
+
+
+def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: str) -> RunFingerprint:
+    """Fingerprint of a run (spec: ray_pipeline.md §2.4 "Layout")."""
+    fields = {
+        "bundle": cfg.bundle,
+        # The bundle manifest names the weight files, so its bytes identify the model.
+        "bundle_sha256": hashlib.sha256(bundle_bytes).hexdigest(),
+        "preset": cfg.preset,
+        "overrides": {k: cfg.overrides[k] for k in sorted(cfg.overrides)},
+        "seed": int(cfg.seed),
+        "recon_version": recon_version,
+        "schema_version": SCHEMA_VERSION,
+        "reconstructor": cfg.reconstructor,
+    }
+    blob = json.dumps(fields, sort_keys=True, default=str).encode()
+    return RunFingerprint(hashlib.sha256(blob).hexdigest()[:16], fields)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool) -> list[str]:
+    """Record ``fp`` in ``<output>/_run.json`` or check it matches what is there.
+
+    Returns the list of earlier fingerprints kept in the folder (empty normally).
+    Raises :class:`SetupError` on a mismatch unless ``allow_change``.
+    """
+    record = {"fingerprint": fp.digest, "fields": fp.fields,
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "history": []}
+    raw = store.read_json_bytes(store.run_path)
+    if raw is None:
+        if store.create(store.run_path, json.dumps(record, indent=2, default=str).encode()):
+            return []
+        raw = store.read_json_bytes(store.run_path)  # another driver won the race: check theirs
+    try:
+        existing = json.loads(raw or b"")
+    except ValueError as exc:
+        raise SetupError(f"{store.url_of(store.run_path)} is not valid JSON; was it edited by hand? ({exc})") from exc
+    if existing.get("fingerprint") == fp.digest:
+        return [h["fingerprint"] for h in existing.get("history", [])]
+    diffs = _differences(existing.get("fields", {}), json.loads(json.dumps(fp.fields, default=str)))
+    if not allow_change:
+        raise SetupError(
+            f"{store.url} holds results of a different run (fingerprint {existing.get('fingerprint')}, "
+            f"this run {fp.digest}); differences: {'; '.join(diffs) or 'unknown'}. "
+            "Use a new --output folder, or pass --allow-fingerprint-change to keep the old rows "
+            "and add new rows under the new settings."
+        )
+    history = existing.get("history", []) + [
+        {k: existing.get(k) for k in ("fingerprint", "fields", "created_at")}
+    ]
+    record["history"] = history
+    store.replace(store.run_path, json.dumps(record, indent=2, default=str).encode())
+    return [h["fingerprint"] for h in history]

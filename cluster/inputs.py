@@ -1,0 +1,206 @@
+"""Finding the input Parquet files and checking them before any GPU work.
+
+``--input`` may be one file, a folder (searched recursively, skipping ``_``/``.``
+names like pyarrow does) or a glob, on any fsspec filesystem. Everything here
+reads Parquet footers and the id column only, never image bytes, so the checks
+are cheap even for large datasets (issue 6 item 5: fail fast, before any actor
+starts, with a message that says what is wrong).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .config import Columns, SetupError
+from .fsutil import filesystem_for, is_local_fs, to_url
+from .identity import id_to_str
+
+__all__ = ["InputError", "InputSet", "ColumnKinds", "resolve_input", "check_columns", "scan_ids"]
+
+
+class InputError(SetupError):
+    """The input cannot be used; the message says why. Raised before any work."""
+
+    def __init__(self, message: str):
+        super().__init__(f"input error: {message}")
+
+
+def _hidden(path: str, base: str) -> bool:
+    rel = path[len(base):].lstrip("/") if path.startswith(base) else path
+    return any(part.startswith(("_", ".")) for part in rel.split("/") if part)
+
+
+@dataclass
+class InputSet:
+    """The resolved input: a filesystem and the sorted list of Parquet files on it."""
+
+    url: str
+    fs: Any  # fsspec filesystem
+    paths: list[str]
+    storage_options: dict = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        return "file" if is_local_fs(self.fs) else (
+            self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
+
+    def urls(self) -> list[str]:
+        return [to_url(self.fs, p) for p in self.paths]
+
+    def arrow_filesystem(self) -> pafs.FileSystem:
+        """The same filesystem for Arrow/Ray Data readers (pickled into read tasks)."""
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+
+
+def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) -> InputSet:
+    """Expand ``--input`` into a sorted list of Parquet files, or fail clearly."""
+    try:
+        fs, path = filesystem_for(url, storage_options)
+    except ImportError as exc:
+        raise InputError(f"cannot open {url}: the filesystem for this URL scheme is not installed ({exc})") from exc
+    try:
+        if any(ch in path for ch in "*?["):
+            found = [p for p in fs.glob(path) if fs.isfile(p)]
+            paths = [p for p in found if p.endswith(".parquet")] or found
+        elif fs.isdir(path):
+            paths = [p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p, path)]
+            if not paths:
+                raise InputError(f"no .parquet files under {url}")
+        elif fs.isfile(path):
+            paths = [path]
+        else:
+            raise InputError(f"{url} does not exist (or is not readable with the given storage options)")
+    except InputError:
+        raise
+    except PermissionError as exc:
+        raise InputError(f"permission denied reading {url}: {exc}") from exc
+    except Exception as exc:  # endpoint down, bad credentials, ... come in many types
+        raise InputError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
+    if not paths:
+        raise InputError(f"no Parquet files match {url}")
+    return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}))
+
+
+@dataclass(frozen=True)
+class ColumnKinds:
+    """How the image and mask columns are encoded (decides whether paths are needed)."""
+
+    image_is_struct: bool
+    mask_is_struct: bool
+
+    @property
+    def needs_file_paths(self) -> bool:
+        return self.image_is_struct or self.mask_is_struct
+
+
+def _is_image_type(t: pa.DataType) -> tuple[bool, bool]:
+    """(acceptable, is_struct) for an image/mask column type."""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return True, False
+    if pa.types.is_struct(t):
+        names = {t.field(i).name for i in range(t.num_fields)}
+        return ("bytes" in names or "path" in names), True
+    return False, False
+
+
+def _is_latent_type(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        inner = t.value_type
+        if pa.types.is_floating(inner) or pa.types.is_integer(inner):
+            return True
+        return _is_latent_type(inner)  # e.g. [1, 512] stored as a list of lists
+    return False
+
+
+def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
+    """Check every input file has the configured columns with usable types."""
+    kinds: ColumnKinds | None = None
+    for path in inputs.paths:
+        url = to_url(inputs.fs, path)
+        try:
+            with inputs.fs.open(path, "rb") as fh:
+                schema = pq.read_schema(fh)
+        except Exception as exc:
+            raise InputError(f"{url} is not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
+        names = schema.names
+        wanted = [("id", columns.id), ("image", columns.image), ("latent", columns.latent)]
+        if columns.mask:
+            wanted.append(("mask", columns.mask))
+        missing = [f"--{role}-column {name!r}" for role, name in wanted if name not in names]
+        if missing:
+            raise InputError(
+                f"{url} lacks {', '.join(missing)}; its columns are: {', '.join(names)}"
+            )
+        ok, image_struct = _is_image_type(schema.field(columns.image).type)
+        if not ok:
+            raise InputError(
+                f"image column {columns.image!r} in {url} has type {schema.field(columns.image).type}; "
+                "expected encoded image bytes (binary) or the Hugging Face image struct<bytes, path>"
+            )
+        mask_struct = False
+        if columns.mask:
+            ok, mask_struct = _is_image_type(schema.field(columns.mask).type)
+            if not ok:
+                raise InputError(
+                    f"mask column {columns.mask!r} in {url} has type {schema.field(columns.mask).type}; "
+                    "expected encoded grayscale image bytes or the Hugging Face image struct<bytes, path>"
+                )
+        latent_type = schema.field(columns.latent).type
+        if not _is_latent_type(latent_type):
+            raise InputError(
+                f"latent column {columns.latent!r} in {url} has type {latent_type}; "
+                "expected a list (or fixed-size list) of floats"
+            )
+        id_type = schema.field(columns.id).type
+        if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
+                or pa.types.is_integer(id_type) or pa.types.is_binary(id_type)):
+            raise InputError(f"id column {columns.id!r} in {url} has type {id_type}; expected strings or integers")
+        this = ColumnKinds(image_is_struct=image_struct, mask_is_struct=mask_struct)
+        kinds = this if kinds is None else ColumnKinds(kinds.image_is_struct or image_struct,
+                                                       kinds.mask_is_struct or mask_struct)
+    assert kinds is not None
+    if kinds.needs_file_paths and "path" in {columns.id, columns.image, columns.latent, columns.mask}:
+        raise InputError("a configured column is named 'path', which the reader needs for image paths; rename it")
+    return kinds
+
+
+@dataclass
+class ScannedFile:
+    path: str
+    ids: list  # native values, in file order
+
+
+def scan_ids(inputs: InputSet, id_column: str) -> list[ScannedFile]:
+    """Read only the id column of every file; fail on null or duplicate ids.
+
+    A duplicate id would make "one output row per input row" impossible, since
+    results are keyed by id; it is reported with examples rather than guessed at.
+    """
+    scanned: list[ScannedFile] = []
+    seen: dict[str, str] = {}
+    duplicates: list[str] = []
+    for path in inputs.paths:
+        url = to_url(inputs.fs, path)
+        with inputs.fs.open(path, "rb") as fh:
+            column = pq.read_table(fh, columns=[id_column]).column(id_column)
+        if column.null_count:
+            raise InputError(f"{url}: {column.null_count} rows have a null {id_column!r}; every row needs an id")
+        values = column.to_pylist()
+        for v in values:
+            s = id_to_str(v)
+            if s in seen:
+                if len(duplicates) < 5:
+                    duplicates.append(f"{s!r} ({seen[s]} and {url})")
+            else:
+                seen[s] = url
+        scanned.append(ScannedFile(path=path, ids=values))
+    if duplicates:
+        raise InputError(
+            f"duplicate values in id column {id_column!r}, e.g. {', '.join(duplicates)}; "
+            "results are keyed by id, so ids must be unique"
+        )
+    return scanned

@@ -1,0 +1,388 @@
+"""The driver: check, plan, run the Ray Data pipeline, compact, report.
+
+ray_pipeline.md §8 in code:
+
+1. fail fast without Ray: input files and columns, ids, bundle, output store,
+   reconstructor import path (issue 6 item 5);
+2. fingerprint the run and plan the rows left (everything keyed by id);
+3. ``ray.init()`` without an address (cluster under ``ray job submit``, local
+   instance on a laptop), then ``read_parquet -> filter -> repartition(1 row per
+   block) -> map_batches(ReconstructionWorker, fixed actor pool)`` with the
+   settings §1.6 says are required;
+4. consume the status rows for metrics and progress, compacting every
+   ``rows_per_shard`` results; compact the rest and write the manifest at the end.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .compaction import OutputIndex, compact, write_manifest
+from .config import JobConfig, SetupError
+from .fingerprint import claim_output, compute_fingerprint
+from .fsutil import is_local_fs
+from .inputs import ColumnKinds, InputSet, check_columns, resolve_input, scan_ids
+from .metrics import JobMetrics, ProgressReporter, format_duration
+from .planner import Plan, make_plan
+from .store import OutputStore
+from .worker import WorkerSettings, WorkerSetupError, load_reconstructor_class
+
+__all__ = ["JobSummary", "run_job", "preflight"]
+
+log = logging.getLogger("recon.job")
+
+#: Where the ``cluster`` package lives, so local Ray workers can import it
+#: even when the project is not pip-installed.
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@dataclass
+class JobSummary:
+    output: str
+    fingerprint: str
+    planned: int
+    already_done: int
+    ok: int = 0
+    error: int = 0
+    #: Rows whose result had been committed by an attempt the driver never heard from.
+    duplicates: int = 0
+    shards_written: list[str] = field(default_factory=list)
+    complete: bool = False
+    seconds: float = 0.0
+    device: str = ""
+    num_actors: int = 0
+    metrics_port: int | None = None
+
+    @property
+    def processed(self) -> int:
+        return self.ok + self.error
+
+
+@dataclass
+class Preflight:
+    """The result of the checks that run before any Ray work."""
+
+    inputs: InputSet
+    kinds: ColumnKinds
+    store: OutputStore
+    plan: Plan
+    index: OutputIndex
+    fingerprint: str
+    recon_version: str
+
+
+def _recon_version() -> str:
+    import recon
+
+    return str(getattr(recon, "__version__", "unknown"))
+
+
+def _read_bundle(cfg: JobConfig) -> bytes:
+    from recon.storage import StorageError, fetch
+
+    try:
+        return fetch(cfg.bundle, storage_options=cfg.storage_options or None).read_bytes()
+    except StorageError as exc:
+        raise SetupError(f"cannot read the bundle {cfg.bundle}: {exc}") from exc
+    except OSError as exc:
+        raise SetupError(f"cannot read the bundle {cfg.bundle}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_output(cfg: JobConfig) -> OutputStore:
+    try:
+        store = OutputStore(cfg.output, cfg.storage_options)
+    except ImportError as exc:
+        raise SetupError(f"cannot open --output {cfg.output}: filesystem not installed ({exc})") from exc
+    try:
+        if is_local_fs(store.fs):
+            os.makedirs(store.root, exist_ok=True)
+            if not os.access(store.root, os.W_OK):
+                raise SetupError(f"--output {cfg.output} is not writable")
+        else:
+            bucket = store.root.split("/", 1)[0]
+            store.fs.invalidate_cache()
+            if not store.fs.exists(bucket):
+                raise SetupError(f"--output {cfg.output}: bucket {bucket!r} does not exist or is not accessible")
+            store.fs.exists(store.root)
+    except SetupError:
+        raise
+    except Exception as exc:
+        raise SetupError(f"cannot reach --output {cfg.output}: {type(exc).__name__}: {exc}") from exc
+    return store
+
+
+def preflight(cfg: JobConfig) -> Preflight:
+    """All checks and planning that need no Ray; raises :class:`SetupError` on bad setup."""
+    cfg.validate()
+    try:
+        load_reconstructor_class(cfg.reconstructor)
+    except WorkerSetupError as exc:
+        raise SetupError(str(exc)) from exc
+    inputs = resolve_input(cfg.input, cfg.storage_options)
+    kinds = check_columns(inputs, cfg.columns)
+    scanned = scan_ids(inputs, cfg.columns.id)
+    bundle = _read_bundle(cfg)
+    store = _open_output(cfg)
+    version = _recon_version()
+    fp = compute_fingerprint(cfg, bundle_bytes=bundle, recon_version=version)
+    earlier = claim_output(store, fp, allow_change=cfg.allow_fingerprint_change)
+    if earlier:
+        log.warning("%s also holds rows from earlier fingerprints %s; new rows use %s",
+                    cfg.output, ", ".join(earlier), fp.digest)
+    index = OutputIndex.load(store)
+    staged = store.staged_items()
+    plan = make_plan(scanned, index, set(staged), cfg.limit)
+    return Preflight(inputs, kinds, store, plan, index, fp.digest, version)
+
+
+# --------------------------------------------------------------------------- Ray
+def _connect_ray(cfg: JobConfig, want_cpus: float) -> bool:
+    """``ray.init()`` without an address; returns True if this call connected."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        # Under `ray job submit`: join the cluster, add no runtime_env (pitfall 19).
+        ray.init()
+        return True
+    logical = max(4, (os.cpu_count() or 1) + 2, math.ceil(want_cpus) + 2)  # headroom: pitfall 24
+    pythonpath = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=logical, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    return True
+
+
+def _resolve_device(requested: str, attached: bool) -> str:
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if requested == "cuda":
+        if gpus == 0 and not attached:
+            raise SetupError("--device cuda, but this machine has no GPU Ray can see; use --device cpu")
+        if gpus == 0:
+            log.warning("--device cuda: no GPU node is up yet; actors wait for the autoscaler to add one")
+        return "cuda"
+    if requested == "cpu":
+        return "cpu"
+    if gpus > 0:
+        return "cuda"
+    if attached:
+        # Pitfall 5 / §5.4: an autoscaled cluster shows 0 GPUs until a GPU node starts.
+        log.warning("--device auto found no GPU in the cluster right now and uses CPU; on an "
+                    "autoscaling GPU cluster pass --device cuda so GPU nodes are requested")
+    return "cpu"
+
+
+@contextmanager
+def _data_context(cfg: JobConfig) -> Iterator[None]:
+    """Ray Data settings the job relies on (ray_pipeline.md §1.6), restored afterwards."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    wanted = {
+        "execution_no_progress_timeout_s": cfg.no_progress_timeout_s,  # pitfall 1
+        "actor_init_retry_on_errors": True,  # transient errors loading weights
+        "max_consecutive_actor_init_deaths": 3,  # pitfall 8
+        "max_errored_blocks": 0,  # per-row errors are caught in the worker (pitfall 6)
+    }
+    saved = {k: getattr(ctx, k) for k in wanted}
+    for k, v in wanted.items():
+        setattr(ctx, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+
+
+def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num_actors: int,
+                   cpus_per_actor: float, gpus_per_actor: float):
+    import ray.data
+    from ray.data.expressions import col
+
+    from .worker import ReconstructionWorker
+
+    plan = pre.plan
+    ds = ray.data.read_parquet(
+        plan.files_to_read,
+        filesystem=pre.inputs.arrow_filesystem(),
+        columns=cfg.columns.read_list(),
+        include_paths=pre.kinds.needs_file_paths,
+    )
+    if plan.needs_filter:
+        ds = ds.filter(expr=col(cfg.columns.id).is_in(plan.todo_ids()))
+    # Small files arrive as one block; one block per K rows spreads them (pitfall 2).
+    ds = ds.repartition(target_num_rows_per_block=cfg.instances_per_actor)
+    return ds.map_batches(
+        ReconstructionWorker,
+        fn_constructor_kwargs={"settings": settings},
+        batch_size=cfg.instances_per_actor,
+        batch_format="pyarrow",
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor,  # 0 on CPU: a GPU request on a CPU node waits forever (pitfall 5)
+        # Fixed pool + one task per actor = pull-style balancing (pitfall 3).
+        compute=ray.data.ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=1),
+        udf_modifying_row_count=False,
+    )
+
+
+class _LivePoller:
+    """Background thread: tracker snapshot -> gauges, and the periodic progress line."""
+
+    def __init__(self, tracker, metrics: JobMetrics, reporter: ProgressReporter, period_s: float = 2.0):
+        self.tracker, self.metrics, self.reporter, self.period_s = tracker, metrics, reporter, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recon-live", daemon=True)
+
+    def start(self) -> "_LivePoller":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import ray
+
+        while not self._stop.wait(self.period_s):
+            try:
+                snap = ray.get(self.tracker.snapshot.remote(15.0), timeout=10)
+                self.metrics.set_live(in_flight=snap["in_flight"], active_actors=snap["active_workers"])
+                self.reporter.in_flight, self.reporter.actors = snap["in_flight"], snap["active_workers"]
+            except Exception:  # gauges only; keep the job going
+                pass
+            self.reporter.maybe_log()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _finish(cfg: JobConfig, pre: Preflight, summary: JobSummary) -> None:
+    """Compact everything staged and write the manifest if anything changed."""
+    report = compact(pre.index, rows_per_shard=cfg.rows_per_shard)
+    summary.shards_written.extend(report.shards_written)
+    summary.complete = pre.plan.scope_keys <= set(pre.index.shard_keys)
+    extra = {"run": pre.fingerprint, "input": cfg.input, "input_rows": pre.plan.total,
+             "complete": summary.complete, "recon_version": pre.recon_version}
+    write_manifest(pre.index, extra, only_if_changed=True)
+
+
+def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
+    """Run the batch job described by ``cfg`` to completion (issue 6).
+
+    Safe to re-run with the same arguments after any interruption: only rows
+    without a committed result are processed. Pass ``metrics`` to use a
+    registry (and endpoint) the caller owns; otherwise one is created and, with
+    ``cfg.metrics_port`` > 0, served on ``cfg.metrics_host``.
+    """
+    t_start = time.monotonic()
+    pre = preflight(cfg)
+    plan = pre.plan
+    summary = JobSummary(output=pre.store.url, fingerprint=pre.fingerprint, planned=plan.total,
+                         already_done=plan.already_done)
+    log.info("input %s: %d rows in %d files in scope; %d already committed; %d to do; output %s",
+             cfg.input, plan.total, len(pre.inputs.paths), plan.already_done, plan.todo, pre.store.url)
+
+    own_metrics = metrics is None
+    metrics = metrics or JobMetrics()
+    if own_metrics and cfg.metrics_port:
+        try:
+            summary.metrics_port = metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, summary.metrics_port)
+        except OSError as exc:
+            log.warning("metrics endpoint not started on %s:%d (%s); the job runs without it",
+                        cfg.metrics_host, cfg.metrics_port, exc)
+    metrics.start_run(planned=plan.total, already_done=plan.already_done,
+                      info={"fingerprint": pre.fingerprint, "preset": cfg.preset,
+                            "version": pre.recon_version, "output": pre.store.url})
+    reporter = ProgressReporter(metrics, plan.total, plan.already_done, interval_s=cfg.progress_interval_s)
+    try:
+        if plan.todo:
+            _execute(cfg, pre, summary, metrics, reporter)
+    finally:
+        try:
+            _finish(cfg, pre, summary)
+        finally:
+            if own_metrics:
+                metrics.stop()
+    summary.seconds = time.monotonic() - t_start
+    reporter.maybe_log(force=True)
+    log.info("done in %s: ok %d, error %d this run; %s; output %s", format_duration(summary.seconds),
+             summary.ok, summary.error, "complete" if summary.complete else "NOT complete", pre.store.url)
+    return summary
+
+
+def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMetrics,
+             reporter: ProgressReporter) -> None:
+    import ray
+
+    cpus_per_actor = cfg.cpus_per_actor or 1.0
+    connected = _connect_ray(cfg, (cfg.num_actors or 1) * cpus_per_actor)
+    try:
+        attached = bool(os.environ.get("RAY_ADDRESS")) or not connected and _is_remote_cluster()
+        device = _resolve_device(cfg.device, attached)
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        default_actors = max(1, int(gpus)) if device == "cuda" else 1
+        batches = math.ceil(pre.plan.todo / cfg.instances_per_actor)
+        num_actors = max(1, min(cfg.num_actors or default_actors, batches))
+        summary.device, summary.num_actors = device, num_actors
+        from .tracker import start_tracker
+
+        tracker = start_tracker()
+        settings = WorkerSettings(
+            reconstructor=cfg.reconstructor, bundle=cfg.bundle, preset=cfg.preset, device=device,
+            overrides=dict(cfg.overrides), storage_options=dict(cfg.storage_options),
+            output_url=pre.store.url, columns=cfg.columns, input_protocol=pre.inputs.protocol,
+            run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
+            recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
+        )
+        log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",
+                 pre.plan.todo, num_actors, device, cpus_per_actor, cfg.instances_per_actor)
+        poller = _LivePoller(tracker, metrics, reporter).start()
+        since_compaction = 0
+        try:
+            with _data_context(cfg):
+                ds = _build_dataset(cfg, pre, settings, num_actors, cpus_per_actor,
+                                    1.0 if device == "cuda" else 0.0)
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for row in batch.to_pylist():
+                        metrics.observe(row)
+                        summary.ok += row["status"] == "ok"
+                        summary.error += row["status"] != "ok"
+                        summary.duplicates += bool(row["duplicate"])
+                        since_compaction += 1
+                    reporter.maybe_log()
+                    if since_compaction >= cfg.rows_per_shard:
+                        report = compact(pre.index, rows_per_shard=cfg.rows_per_shard, full_only=True,
+                                         manifest_extra={"run": pre.fingerprint, "input": cfg.input,
+                                                         "input_rows": pre.plan.total, "complete": False,
+                                                         "recon_version": pre.recon_version})
+                        summary.shards_written.extend(report.shards_written)
+                        since_compaction = 0
+        finally:
+            poller.stop()
+            metrics.set_live(in_flight=0, active_actors=0)  # the pool is gone
+            reporter.in_flight = reporter.actors = 0
+            try:
+                ray.kill(tracker)
+            except Exception:
+                pass
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+def _is_remote_cluster() -> bool:
+    """True when the caller already connected Ray to a multi-node/remote cluster."""
+    import ray
+
+    try:
+        return len(ray.nodes()) > 1
+    except Exception:
+        return False

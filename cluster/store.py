@@ -1,0 +1,166 @@
+"""Where the job keeps things under ``--output``, and the per-row commit.
+
+Layout (ray_pipeline.md §2.4, adapted to one output folder per run fingerprint)::
+
+    <output>/part-00000.parquet ...          committed shards: the dataset users read
+    <output>/_manifest.json                  written last by each compaction
+    <output>/_run.json                       the run fingerprint this folder holds
+    <output>/_staging/items/<k2>/<key>.parquet   one row per image, write-once
+    <output>/_staging/tmp/                   local temp files (same disk, for hard links)
+    <output>/_attempts/<key>/<uuid>          one empty marker per attempt on a row
+
+pyarrow ignores ``_``- and ``.``-prefixed paths when it reads a folder as a
+dataset, so reading ``<output>`` sees only committed shards.
+
+A row counts as committed once its item object exists (the single PUT is the
+commit) or its id is in a shard. Items are never overwritten: a second writer of
+the same row gets ``False`` from :meth:`OutputStore.commit_item` and its result
+is dropped.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any, Mapping
+
+from .fsutil import (
+    create_exclusive,
+    filesystem_for,
+    is_local_fs,
+    join,
+    list_files,
+    read_bytes,
+    replace_atomic,
+    to_url,
+)
+from .identity import item_key
+
+__all__ = ["OutputStore", "SHARD_PREFIX"]
+
+SHARD_PREFIX = "part-"
+SHARD_SUFFIX = ".parquet"
+ITEM_SUFFIX = ".parquet"
+
+
+class OutputStore:
+    """Paths and primitive operations on one ``--output`` folder (local or remote)."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+        self.url = str(url).rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = filesystem_for(self.url, self.storage_options)
+        if is_local_fs(self.fs):
+            self.root = os.path.abspath(self.root)
+
+    # Picklable by value: workers rebuild the filesystem from the URL and options.
+    def __reduce__(self):
+        return (OutputStore, (self.url, self.storage_options))
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def manifest_path(self) -> str:
+        return join(self.root, "_manifest.json")
+
+    @property
+    def run_path(self) -> str:
+        return join(self.root, "_run.json")
+
+    @property
+    def items_dir(self) -> str:
+        return join(self.root, "_staging", "items")
+
+    @property
+    def attempts_dir(self) -> str:
+        return join(self.root, "_attempts")
+
+    @property
+    def tmp_dir(self) -> str | None:
+        return join(self.root, "_staging", "tmp") if is_local_fs(self.fs) else None
+
+    def item_path(self, image_id: str) -> str:
+        key = item_key(image_id)
+        return join(self.items_dir, key[-2:], key + ITEM_SUFFIX)
+
+    def attempt_dir(self, image_id: str) -> str:
+        return self.attempt_dir_for_key(item_key(image_id))
+
+    def attempt_dir_for_key(self, key: str) -> str:
+        return join(self.attempts_dir, key)
+
+    def shard_path(self, index: int) -> str:
+        return join(self.root, f"{SHARD_PREFIX}{index:05d}{SHARD_SUFFIX}")
+
+    def url_of(self, path: str) -> str:
+        return to_url(self.fs, path)
+
+    # -- rows ----------------------------------------------------------------
+    def commit_item(self, image_id: str, parquet_bytes: bytes) -> bool:
+        """Commit one row's result; False if that row was already committed."""
+        return create_exclusive(self.fs, self.item_path(image_id), parquet_bytes, tmp_dir=self.tmp_dir)
+
+    def item_exists(self, image_id: str) -> bool:
+        self.fs.invalidate_cache()
+        return self.fs.exists(self.item_path(image_id))
+
+    def record_attempt(self, image_id: str) -> None:
+        """Leave a marker saying an attempt on this row started (before any work)."""
+        name = f"{uuid.uuid4().hex}-{socket.gethostname()}-{os.getpid()}"
+        create_exclusive(self.fs, join(self.attempt_dir(image_id), name), b"", tmp_dir=self.tmp_dir)
+
+    def count_attempts(self, image_id: str) -> int:
+        return len(list_files(self.fs, self.attempt_dir(image_id)))
+
+    # -- listings (planner, compaction) ----------------------------------------
+    def staged_items(self) -> dict[str, str]:
+        """``{item key: path}`` of every committed-but-not-compacted row."""
+        out = {}
+        for path in list_files(self.fs, self.items_dir):
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(ITEM_SUFFIX) and not name.startswith("."):
+                out[name[: -len(ITEM_SUFFIX)]] = path
+        return out
+
+    def shard_paths(self) -> dict[int, str]:
+        """``{index: path}`` of the committed shards directly under the root."""
+        self.fs.invalidate_cache()
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for path in entries:
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(SHARD_PREFIX) and name.endswith(SHARD_SUFFIX):
+                number = name[len(SHARD_PREFIX): -len(SHARD_SUFFIX)]
+                if number.isdigit():
+                    out[int(number)] = path
+        return dict(sorted(out.items()))
+
+    def attempt_markers(self) -> dict[str, list[str]]:
+        """``{item key: [marker paths]}`` for every row with attempt markers."""
+        out: dict[str, list[str]] = {}
+        prefix = self.attempts_dir.rstrip("/") + "/"
+        for path in list_files(self.fs, self.attempts_dir):
+            rel = path[len(prefix):] if path.startswith(prefix) else path
+            key = rel.split("/", 1)[0]
+            out.setdefault(key, []).append(path)
+        return out
+
+    # -- small metadata objects -----------------------------------------------
+    def read_json_bytes(self, path: str) -> bytes | None:
+        self.fs.invalidate_cache()
+        try:
+            return read_bytes(self.fs, path)
+        except FileNotFoundError:
+            return None
+
+    def create(self, path: str, data: bytes) -> bool:
+        return create_exclusive(self.fs, path, data, tmp_dir=self.tmp_dir)
+
+    def replace(self, path: str, data: bytes) -> None:
+        replace_atomic(self.fs, path, data, tmp_dir=self.tmp_dir)
+
+    def remove(self, paths: list[str]) -> None:
+        if paths:
+            self.fs.rm(paths)

@@ -1,0 +1,310 @@
+"""The reconstruction actor: loads the method once, then turns rows into results.
+
+Ray Data runs :class:`ReconstructionWorker` as a fixed pool of actors
+(ray_pipeline.md §1.3, §8). Per row it
+
+1. skips the row if its result is already committed (a retried batch);
+2. turns it into an error row "worker died N times on this row" once N attempts
+   started without a result (the poison-pill bound, §2.4 / pitfall 7);
+3. writes an attempt marker, decodes the inputs, runs the method;
+4. commits a one-row Parquet item with exclusive create (§2.4 step 2);
+5. returns a small status row to the driver.
+
+Every per-row failure becomes an ``error`` row: an exception escaping
+``__call__`` would fail the whole dataset (pitfall 6).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import Columns
+from .decode import RowInputError, decode_image, decode_latent, decode_mask
+from .identity import id_to_str, row_seed
+from .schema import ResultError, RowContext, error_table, result_table, table_to_parquet_bytes
+from .store import OutputStore
+
+__all__ = ["ReconstructionWorker", "WorkerSettings", "WorkerSetupError", "load_reconstructor_class",
+           "STATUS_SCHEMA"]
+
+log = logging.getLogger("recon.worker")
+
+#: What a worker returns per row: tiny, so nothing heavy crosses the object store.
+STATUS_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("status", pa.string()),          # ok | error
+    ("error", pa.string()),
+    ("seconds", pa.float64()),
+    ("attempts", pa.int32()),
+    ("step_seconds", pa.string()),    # JSON {step: seconds}
+    ("duplicate", pa.bool_()),        # the row had been committed already (a retried batch)
+    ("worker", pa.string()),
+])
+
+HEARTBEAT_S = 5.0
+
+
+class WorkerSetupError(RuntimeError):
+    """An actor cannot start (bad reconstructor path, missing mask column, ...).
+
+    Deliberately not SystemExit: an actor that "exits" instead of raising can
+    hang a fixed Ray Data pool (ray_pipeline.md §1.8, issue #62746).
+    """
+
+
+def load_reconstructor_class(path: str) -> type:
+    """Import ``"package.module:ClassName"``; raise :class:`WorkerSetupError` if it fails."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise WorkerSetupError(f"--reconstructor must look like 'package.module:ClassName', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise WorkerSetupError(f"cannot load the reconstructor {path!r}: {type(exc).__name__}: {exc}") from exc
+    return obj
+
+
+@dataclass
+class WorkerSettings:
+    """Everything an actor needs; small and picklable (ray_pipeline.md §1.10, #53727)."""
+
+    reconstructor: str
+    bundle: str
+    preset: str
+    device: str
+    overrides: dict[str, Any]
+    storage_options: dict[str, Any]
+    output_url: str
+    columns: Columns
+    input_protocol: str
+    run_seed: int
+    max_attempts: int
+    run_fingerprint: str
+    recon_version: str
+    threads: int = 1
+    tracker: Any = None  # ProgressTracker handle, or None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_divergence(exc: BaseException) -> bool:
+    """recon.DivergenceError, or anything named like it (test doubles, older builds)."""
+    recon = sys.modules.get("recon")
+    cls = getattr(recon, "DivergenceError", None) if recon else None
+    if isinstance(cls, type) and isinstance(exc, cls):
+        return True
+    return any(c.__name__ == "DivergenceError" for c in type(exc).__mro__)
+
+
+def error_message(exc: BaseException) -> str:
+    """The text stored in the ``error`` column for a failed row."""
+    if isinstance(exc, (RowInputError, ResultError)):
+        return str(exc)
+    if _is_divergence(exc):
+        return f"optimization diverged: {exc}"
+    if isinstance(exc, ValueError):
+        return f"invalid input: {exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+class ReconstructionWorker:
+    """Callable class for ``Dataset.map_batches`` (batch_format="pyarrow")."""
+
+    def __init__(self, settings: WorkerSettings):
+        self.s = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        cls = load_reconstructor_class(settings.reconstructor)
+        t0 = time.monotonic()
+        # Loads G, D, the perceptual net and the renderer once per actor.
+        self.rec = cls(settings.bundle, settings.preset, device=settings.device,
+                       overrides=dict(settings.overrides) or None,
+                       storage_options=dict(settings.storage_options) or None)
+        if "torch" in sys.modules and settings.device == "cpu":
+            # One actor per `cpus_per_actor` CPUs: avoid oversubscribing cores.
+            sys.modules["torch"].set_num_threads(max(1, int(settings.threads)))
+        self.image_size = int(self.rec.image_size)
+        self.latent_dim = int(self.rec.latent_dim)
+        self.requires_mask = bool(getattr(self.rec, "requires_mask", False))
+        if self.requires_mask and not settings.columns.mask:
+            # Every row would fail; stop the job instead of committing N error rows.
+            raise WorkerSetupError(
+                f"preset {settings.preset!r} needs an object mask per image; pass --mask-column"
+            )
+        self.ctx = RowContext(
+            image_size=self.image_size,
+            device=str(getattr(self.rec, "device", settings.device)),
+            preset=str(getattr(self.rec, "preset_name", settings.preset)),
+            config_hash=str(getattr(self.rec, "config_hash", "")),
+            recon_version=settings.recon_version,
+            run_fingerprint=settings.run_fingerprint,
+        )
+        self.store = OutputStore(settings.output_url, settings.storage_options)
+        self._stop = threading.Event()
+        if settings.tracker is not None:
+            threading.Thread(target=self._beat, name="recon-heartbeat", daemon=True).start()
+        log.info("worker %s ready on %s in %.1fs (preset %s, image size %d)", self.worker_id,
+                 self.ctx.device, time.monotonic() - t0, self.ctx.preset, self.image_size)
+
+    # -- tracker --------------------------------------------------------------
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._notify("heartbeat")
+
+    def _notify(self, method: str, *args: Any) -> None:
+        if self.s.tracker is None:
+            return
+        try:
+            getattr(self.s.tracker, method).remote(self.worker_id, *args)
+        except Exception:  # the tracker only feeds gauges; never fail a row for it
+            pass
+
+    # -- per batch -------------------------------------------------------------
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        cols = self.s.columns
+        rows = batch.to_pylist()
+        statuses: list[dict[str, Any]] = []
+        pending: list[tuple[str, dict[str, Any], int]] = []
+        for row in rows:
+            image_id = id_to_str(row[cols.id])
+            if self.store.item_exists(image_id):
+                statuses.append(self._already_committed(image_id))
+                continue
+            previous = self.store.count_attempts(image_id)
+            if previous >= self.s.max_attempts:
+                msg = (f"worker died {previous} times on this row "
+                       f"(--max-attempts {self.s.max_attempts}); not retried")
+                statuses.append(self._commit_error(image_id, msg, attempts=previous, seconds=0.0))
+                continue
+            pending.append((image_id, row, previous))
+
+        together = hasattr(self.rec, "reconstruct_many") and len(pending) > 1
+        if together and all(prev == 0 for _, _, prev in pending):
+            statuses.extend(self._run_together(pending))
+        else:
+            # After a crash, run rows one by one, fewest earlier attempts first,
+            # so rows batched with a poison row still get committed.
+            for image_id, row, prev in sorted(pending, key=lambda p: p[2]):
+                statuses.append(self._run_one(image_id, row, prev))
+        return pa.Table.from_pylist(statuses, schema=STATUS_SCHEMA)
+
+    # -- helpers ---------------------------------------------------------------
+    def _base_url(self, row: dict[str, Any]) -> str | None:
+        path = row.get("path")
+        if not path:
+            return None
+        proto = self.s.input_protocol
+        return path if proto in ("file", "local") or "://" in path else f"{proto}://{path}"
+
+    def _instance(self, image_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        """Decode one row into the keyword arguments of ``reconstruct``."""
+        cols = self.s.columns
+        base = self._base_url(row)
+        image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options)
+        latent = decode_latent(row.get(cols.latent), self.latent_dim)
+        mask = None
+        if cols.mask:
+            mask = decode_mask(row.get(cols.mask), image_shape=image.shape[:2], base_file_url=base,
+                               storage_options=self.s.storage_options)
+        return {"image": image, "latent": latent, "mask": mask, "seed": row_seed(self.s.run_seed, image_id)}
+
+    def _status(self, image_id: str, status: str, error: str | None, seconds: float, attempts: int,
+                steps: dict[str, float] | None = None, duplicate: bool = False) -> dict[str, Any]:
+        return {"image_id": image_id, "status": status, "error": error, "seconds": float(seconds),
+                "attempts": int(attempts), "step_seconds": json.dumps(steps or {}), "duplicate": duplicate,
+                "worker": self.worker_id}
+
+    def _commit(self, image_id: str, table: pa.Table, steps: dict[str, float] | None) -> dict[str, Any]:
+        row = table.slice(0, 1).to_pylist()[0]
+        if not self.store.commit_item(image_id, table_to_parquet_bytes(table)):
+            # Lost a race with another attempt of the same row: theirs stands.
+            return self._already_committed(image_id)
+        if row["status"] == "error":
+            log.warning("row %s: error: %s", image_id, row["error"])
+        else:
+            log.info("row %s: ok in %.1fs", image_id, row["seconds"])
+        return self._status(image_id, row["status"], row["error"], row["seconds"], row["attempts"], steps)
+
+    def _commit_error(self, image_id: str, message: str, *, attempts: int, seconds: float) -> dict[str, Any]:
+        return self._commit(image_id, error_table(image_id, message, self.ctx, attempts=attempts,
+                                                  seconds=seconds), None)
+
+    def _already_committed(self, image_id: str) -> dict[str, Any]:
+        with self.store.fs.open(self.store.item_path(image_id), "rb") as fh:
+            row = pq.read_table(fh, columns=["status", "error", "seconds", "attempts"]).to_pylist()[0]
+        return self._status(image_id, row["status"], row["error"], row["seconds"] or 0.0,
+                            row["attempts"] or 0, duplicate=True)
+
+    def _result_row(self, image_id: str, result: Any, attempts: int, seconds: float) -> dict[str, Any]:
+        try:
+            table = result_table(image_id, result, self.ctx, attempts=attempts,
+                                 seconds=float(getattr(result, "seconds", 0.0) or seconds))
+        except ResultError as exc:
+            return self._commit_error(image_id, str(exc), attempts=attempts, seconds=seconds)
+        return self._commit(image_id, table, dict(getattr(result, "step_seconds", {}) or {}))
+
+    def _run_one(self, image_id: str, row: dict[str, Any], previous: int) -> dict[str, Any]:
+        attempts = previous + 1
+        self.store.record_attempt(image_id)  # before any work: a crash from here on counts
+        self._notify("started", [image_id])
+        t0 = time.monotonic()
+        try:
+            try:
+                result = self.rec.reconstruct(**self._instance(image_id, row))
+            except Exception as exc:
+                return self._commit_error(image_id, error_message(exc), attempts=attempts,
+                                          seconds=time.monotonic() - t0)
+            return self._result_row(image_id, result, attempts, time.monotonic() - t0)
+        finally:
+            self._notify("finished", [image_id])
+
+    def _run_together(self, pending: list[tuple[str, dict[str, Any], int]]) -> list[dict[str, Any]]:
+        """K rows through ``reconstruct_many`` (issue 7): one joint run per batch."""
+        out: list[dict[str, Any]] = []
+        ready: list[tuple[str, dict[str, Any]]] = []
+        for image_id, row, _ in pending:
+            self.store.record_attempt(image_id)
+            try:
+                ready.append((image_id, self._instance(image_id, row)))
+            except Exception as exc:
+                out.append(self._commit_error(image_id, error_message(exc), attempts=1, seconds=0.0))
+        if not ready:
+            return out
+        ids = [i for i, _ in ready]
+        self._notify("started", ids)
+        t0 = time.monotonic()
+        try:
+            try:
+                results = list(self.rec.reconstruct_many([inst for _, inst in ready]))
+                if len(results) != len(ready):
+                    raise RuntimeError(f"reconstruct_many returned {len(results)} results for {len(ready)} rows")
+            except Exception as exc:  # the joint run failed as a whole
+                results = [exc] * len(ready)
+            share = (time.monotonic() - t0) / len(ready)
+            for image_id, res in zip(ids, results):
+                if isinstance(res, BaseException):
+                    out.append(self._commit_error(image_id, error_message(res), attempts=1, seconds=share))
+                else:
+                    out.append(self._result_row(image_id, res, 1, share))
+        finally:
+            self._notify("finished", ids)
+        return out
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
