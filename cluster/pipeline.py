@@ -121,14 +121,14 @@ def _open_output(cfg: JobConfig) -> OutputStore:
 def preflight(cfg: JobConfig) -> Preflight:
     """All checks and planning that need no Ray; raises :class:`SetupError` on bad setup."""
     cfg.validate()
-    try:
-        load_reconstructor_class(cfg.reconstructor)
-    except WorkerSetupError as exc:
-        raise SetupError(str(exc)) from exc
     inputs = resolve_input(cfg.input, cfg.storage_options)
     kinds = check_columns(inputs, cfg.columns)
     scanned = scan_ids(inputs, cfg.columns.id)
     bundle = _read_bundle(cfg)
+    try:
+        load_reconstructor_class(cfg.reconstructor)  # a typo fails here, not in N actors
+    except WorkerSetupError as exc:
+        raise SetupError(str(exc)) from exc
     store = _open_output(cfg)
     version = _recon_version()
     fp = compute_fingerprint(cfg, bundle_bytes=bundle, recon_version=version)
@@ -214,9 +214,10 @@ def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num
     ds = ray.data.read_parquet(
         plan.files_to_read,
         filesystem=pre.inputs.arrow_filesystem(),
-        columns=cfg.columns.read_list(),
         include_paths=pre.kinds.needs_file_paths,
     )
+    # Projection is pushed into the reader: other columns are never read.
+    ds = ds.select_columns(cfg.columns.read_list() + (["path"] if pre.kinds.needs_file_paths else []))
     if plan.needs_filter:
         ds = ds.filter(expr=col(cfg.columns.id).is_in(plan.todo_ids()))
     # Small files arrive as one block; one block per K rows spreads them (pitfall 2).

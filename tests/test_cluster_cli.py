@@ -1,0 +1,117 @@
+"""CLI parsing and the fail-fast checks that run before any Ray work."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import cluster.demo
+from cluster.cli import build_parser, config_from_args, main
+from cluster.config import SetupError
+from cluster.pipeline import preflight
+from cluster_helpers import DOUBLE, good_rows, job_config, write_bundle, write_dataset
+
+
+@pytest.fixture
+def setup(tmp_path):
+    write_dataset(str(tmp_path / "in"), good_rows(3))
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    return tmp_path, bundle
+
+
+def test_cli_builds_the_config():
+    args = build_parser().parse_args([
+        "--input", "s3://b/in/", "--output", "s3://b/out/", "--bundle", "s3://b/m.yaml", "--preset", "cat",
+        "--set", "step1_iters=10", "--set", "use_mask=true", "--renderer", "neural_renderer",
+        "--storage-option", "endpoint_url=http://127.0.0.1:9000", "--storage-option", "anon=false",
+        "--mask-column", "m", "--id-column", "name", "--device", "cpu", "--num-actors", "3",
+        "--instances-per-actor", "2", "--limit", "5", "--metrics-port", "0",
+    ])
+    cfg = config_from_args(args)
+    assert cfg.overrides == {"step1_iters": 10, "use_mask": True, "renderer": "neural_renderer"}
+    assert cfg.storage_options == {"endpoint_url": "http://127.0.0.1:9000", "anon": False}
+    assert cfg.columns.mask == "m" and cfg.columns.id == "name" and cfg.columns.image == "image"
+    assert (cfg.num_actors, cfg.instances_per_actor, cfg.limit, cfg.metrics_port) == (3, 2, 5, 0)
+    assert cfg.reconstructor == "recon:Reconstructor" and cfg.max_attempts == 3 and cfg.seed == 0
+
+
+def test_no_arguments_runs_the_embedded_default(monkeypatch):
+    monkeypatch.setattr(cluster.demo, "run_embedded_default", lambda: 7)
+    assert main([]) == 7
+
+
+def test_bad_key_value_is_rejected():
+    args = build_parser().parse_args(["--input", "a", "--output", "b", "--bundle", "c", "--preset", "d",
+                                      "--set", "novalue"])
+    with pytest.raises(SetupError, match="--set expects key=value, got 'novalue'"):
+        config_from_args(args)
+
+
+def _fails(cfg, pattern):
+    with pytest.raises(SetupError, match=pattern):
+        preflight(cfg)
+
+
+def test_missing_input_path_fails_fast(setup):
+    tmp, bundle = setup
+    _fails(job_config(str(tmp / "nope"), str(tmp / "out"), bundle), r"input error: .*nope does not exist")
+    assert not (tmp / "out").exists()  # nothing written before the checks pass
+
+
+def test_folder_without_parquet_fails_fast(setup):
+    tmp, bundle = setup
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "notes.txt").write_text("x")
+    _fails(job_config(str(tmp / "empty"), str(tmp / "out"), bundle), "no .parquet files under")
+
+
+def test_missing_column_lists_the_columns_found(setup):
+    tmp, bundle = setup
+    cfg = job_config(str(tmp / "in"), str(tmp / "out"), bundle)
+    cfg.columns = type(cfg.columns)(latent="w")
+    _fails(cfg, r"lacks --latent-column 'w'; its columns are: image_id, image, latent")
+    cfg.columns = type(cfg.columns)(mask="mask")
+    _fails(cfg, r"lacks --mask-column 'mask'")
+
+
+def test_unusable_column_types_fail_fast(tmp_path, setup):
+    _, bundle = setup
+    (tmp_path / "typed").mkdir()
+    pq.write_table(pa.table({"image_id": ["a"], "image": [b"x"], "latent": ["0.1,0.2"]}),
+                   tmp_path / "typed" / "x.parquet")
+    _fails(job_config(str(tmp_path / "typed"), str(tmp_path / "o"), bundle),
+           "latent column 'latent' .* has type string; expected a list")
+
+
+def test_duplicate_ids_fail_fast(tmp_path, setup):
+    _, bundle = setup
+    rows = good_rows(2)
+    rows[1]["image_id"] = rows[0]["image_id"]
+    write_dataset(str(tmp_path / "dup"), rows)
+    _fails(job_config(str(tmp_path / "dup"), str(tmp_path / "o"), bundle), "duplicate values in id column")
+
+
+def test_unreadable_bundle_and_bad_reconstructor_fail_fast(setup):
+    tmp, bundle = setup
+    _fails(job_config(str(tmp / "in"), str(tmp / "out"), str(tmp / "missing.yaml")),
+           "cannot read the bundle .*missing.yaml")
+    _fails(job_config(str(tmp / "in"), str(tmp / "out"), bundle, reconstructor="nope_module:Thing"),
+           "cannot load the reconstructor 'nope_module:Thing'")
+
+
+def test_unreachable_s3_input_and_missing_output_bucket(setup, s3_bucket):
+    tmp, bundle = setup
+    bucket, opts = s3_bucket
+    dead = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s",
+            "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
+    _fails(job_config("s3://any/in/", str(tmp / "out"), bundle, storage_options=dead), "input error: cannot read s3://any/in/")
+    cfg = job_config(str(tmp / "in"), "s3://no-such-bucket-x1/out", bundle, storage_options=opts)
+    _fails(cfg, "bucket 'no-such-bucket-x1' does not exist")
+
+
+def test_cli_prints_the_reason_and_exits_2(setup, capsys):
+    tmp, bundle = setup
+    code = main(["--input", str(tmp / "nope"), "--output", str(tmp / "out"), "--bundle", bundle,
+                 "--preset", "celeba", "--metrics-port", "0", "--reconstructor", DOUBLE])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""Kill the driver mid-run (whole process group, SIGKILL), re-run, count the work.
+
+The job runs as users run it: `python jobs/reconstruct_dataset.py ...` in a
+subprocess with its own local Ray, so the kill takes Ray down with it (like
+losing the head node). The re-run must process exactly the rows without a
+committed result, and the output must hold every row once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cluster_helpers import (
+    DOUBLE,
+    REPO,
+    count_logs,
+    good_rows,
+    ids_of,
+    iter_pids,
+    ray_env_pythonpath,
+    read_output,
+    write_bundle,
+    write_dataset,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _command(inp: Path, out: Path, bundle: str, logs: Path) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / "reconstruct_dataset.py"),
+            "--input", str(inp), "--output", str(out), "--bundle", bundle, "--preset", "celeba",
+            "--device", "cpu", "--num-actors", "2", "--cpus-per-actor", "0.5", "--rows-per-shard", "4",
+            "--metrics-port", "0", "--progress-interval", "2", "--reconstructor", DOUBLE,
+            "--set", "sleep_s=0.4", "--set", f"log_dir={logs}"]
+
+
+def _committed_ids(out: Path) -> list[str]:
+    """Ids with a committed result: rows in shards plus staged items."""
+    ids = []
+    for shard in sorted(out.glob("part-*.parquet")):
+        ids += pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()
+    for item in sorted((out / "_staging" / "items").glob("*/*.parquet")):
+        ids += pq.read_table(item, columns=["image_id"]).column("image_id").to_pylist()
+    return ids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_killed_driver_then_rerun_processes_exactly_the_missing_rows(tmp_path):
+    rows = good_rows(16)
+    write_dataset(str(tmp_path / "in"), rows, files=3)
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    # No RAY_ADDRESS: the job starts its own local Ray, which dies with it.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": ray_env_pythonpath()}
+    log1 = open(tmp_path / "run1.log", "wb")
+    proc = subprocess.Popen(_command(tmp_path / "in", out, bundle, logs), cwd=tmp_path, env=env,
+                            stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while len(_committed_ids(out)) < 5:
+            assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first run committed too little in time"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log1.close()
+    # Wait until the killed run's workers are really gone, so nothing commits behind our back.
+    deadline = time.monotonic() + 60
+    while any(_alive(p) for p in iter_pids(logs)):
+        assert time.monotonic() < deadline, "workers of the killed driver survived"
+        time.sleep(0.2)
+
+    committed = _committed_ids(out)
+    assert len(committed) == len(set(committed)) and 5 <= len(committed) < 16
+    assert not list(out.glob("*.parquet")) or all(p.name.startswith("part-") for p in out.glob("*.parquet"))
+    calls_before = count_logs(logs, "call")
+
+    second = subprocess.run(_command(tmp_path / "in", out, bundle, logs), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    missing = 16 - len(committed)
+    assert count_logs(logs, "call") - calls_before == missing  # exactly the missing rows were reconstructed
+    assert f"{len(committed)} already committed; {missing} to do" in second.stdout
+    ids = ids_of(read_output(str(out)))
+    assert sorted(ids) == sorted(r["image_id"] for r in rows) and len(ids) == 16
+    assert not list((out / "_staging" / "items").glob("*/*.parquet"))  # all compacted
