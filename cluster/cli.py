@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .config import DEFAULT_RECONSTRUCTOR, Columns, JobConfig, SetupError, parse_key_values
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_embedded_default()
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    # Ray Data's own operator progress block: once a minute is plenty for
+    # multi-hour jobs (ray_pipeline.md §5.5); read when ray.data is imported.
+    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     try:
         cfg = config_from_args(args)
         from .pipeline import run_job

@@ -143,6 +143,13 @@ def compact(index: OutputIndex, *, rows_per_shard: int, full_only: bool = False,
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for group in groups:
             tables = list(pool.map(lambda k: _read_item(store, staged[k]), group))
+            odd = [t for t in tables if not t.schema.equals(tables[0].schema, check_metadata=True)]
+            if odd:
+                # e.g. --allow-fingerprint-change to a preset with another image size
+                raise RuntimeError(
+                    f"staged rows under {store.url} have different schemas ({tables[0].schema} vs "
+                    f"{odd[0].schema}); rows of different image sizes cannot share one output folder"
+                )
             table = pa.concat_tables(tables)
             number = index.next_shard
             path = store.shard_path(number)

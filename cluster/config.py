@@ -78,8 +78,12 @@ class JobConfig:
             raise SetupError("--limit must be >= 0")
         if not (0 <= self.metrics_port < 65536):
             raise SetupError("--metrics-port must be in 0..65535 (0 turns the endpoint off)")
-        if self.output.rstrip("/") == self.input.rstrip("/"):
+        inp, out = self.input.rstrip("/"), self.output.rstrip("/")
+        if out == inp:
             raise SetupError("--output must differ from --input")
+        if out.startswith(inp + "/"):
+            # A re-run would read the output shards back as input files.
+            raise SetupError(f"--output {self.output} must not be inside --input {self.input}")
 
 
 def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:

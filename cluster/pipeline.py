@@ -268,7 +268,11 @@ def _finish(cfg: JobConfig, pre: Preflight, summary: JobSummary) -> None:
     """Compact everything staged and write the manifest if anything changed."""
     report = compact(pre.index, rows_per_shard=cfg.rows_per_shard)
     summary.shards_written.extend(report.shards_written)
-    summary.complete = pre.plan.scope_keys <= set(pre.index.shard_keys)
+    missing = len(pre.plan.scope_keys - set(pre.index.shard_keys))
+    summary.complete = missing == 0
+    if missing:
+        log.error("%d rows in scope have no committed result yet; re-run the same command to finish them",
+                  missing)
     extra = {"run": pre.fingerprint, "input": cfg.input, "input_rows": pre.plan.total,
              "complete": summary.complete, "recon_version": pre.recon_version}
     write_manifest(pre.index, extra, only_if_changed=True)

@@ -58,6 +58,11 @@ def test_missing_input_path_fails_fast(setup):
     assert not (tmp / "out").exists()  # nothing written before the checks pass
 
 
+def test_output_inside_input_is_refused(setup):
+    tmp, bundle = setup
+    _fails(job_config(str(tmp / "in"), str(tmp / "in" / "recon"), bundle), "must not be inside --input")
+
+
 def test_folder_without_parquet_fails_fast(setup):
     tmp, bundle = setup
     (tmp / "empty").mkdir()

@@ -30,7 +30,7 @@ from cluster_helpers import (
     write_dataset,
 )
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 def _command(inp: Path, out: Path, bundle: str, logs: Path) -> list[str]:

@@ -38,7 +38,7 @@ from cluster_helpers import (
     write_dataset,
 )
 
-pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240), pytest.mark.slow]
 
 
 def _mask_png(seed: int, size: int = 20) -> bytes:
