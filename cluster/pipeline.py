@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -352,7 +353,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
         poller = _LivePoller(tracker, metrics, reporter).start()
         since_compaction = 0
         try:
-            with _data_context(cfg):
+            with _data_context(cfg), _explain_actor_start_failures():
                 ds = _build_dataset(cfg, pre, settings, num_actors, cpus_per_actor,
                                     1.0 if device == "cuda" else 0.0)
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -381,6 +382,29 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
     finally:
         if connected:
             ray.shutdown()
+
+
+_ERROR_LINE = re.compile(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
+
+
+@contextmanager
+def _explain_actor_start_failures() -> Iterator[None]:
+    """Turn "every actor died in __init__" into a one-line setup error.
+
+    Ray reports it as ActorDiedError with the actor's traceback inside; the
+    user needs the last exception of that traceback (a bad bundle, a missing
+    --mask-column, out of GPU memory while loading weights).
+    """
+    from ray.exceptions import RayActorError
+
+    try:
+        yield
+    except RayActorError as exc:
+        causes = [m for m in _ERROR_LINE.findall(str(exc)) if not m[0].startswith("ray.")]
+        if not causes:
+            raise
+        name, message = causes[-1]
+        raise SetupError(f"reconstruction actors could not start: {name.rsplit('.', 1)[-1]}: {message}") from exc
 
 
 def _is_remote_cluster() -> bool:

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -98,7 +98,6 @@ class WorkerSettings:
     recon_version: str
     threads: int = 1
     tracker: Any = None  # ProgressTracker handle, or None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _is_divergence(exc: BaseException) -> bool:

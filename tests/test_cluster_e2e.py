@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.config import Columns
+from cluster.config import Columns, SetupError
 from cluster.metrics import JobMetrics
 from cluster.pipeline import run_job
 from cluster.schema import output_schema
@@ -197,3 +197,15 @@ def test_limit_then_resume_adds_rows_without_touching_old_shards(tmp_path):
     assert count_logs(logs, "call") == 7  # each row reconstructed once across both runs
     assert (tmp_path / "out" / "part-00000.parquet").read_bytes() == old_shard
     assert sorted(ids_of(read_output(out))) == sorted(r["image_id"] for r in rows)
+
+
+def test_preset_needing_masks_without_mask_column_stops_before_any_row(tmp_path):
+    """Every row would fail, so the job stops with the reason instead of committing error rows."""
+    write_dataset(str(tmp_path / "in"), good_rows(2))
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"), requires_mask=True)
+    out = str(tmp_path / "out")
+    with pytest.raises(SetupError, match="actors could not start: WorkerSetupError: preset 'car' needs an "
+                                         "object mask per image; pass --mask-column"):
+        run_job(job_config(str(tmp_path / "in"), out, bundle, preset="car", num_actors=1))
+    files = committed_files(out)
+    assert files["items"] == [] and files["shards"] == []
