@@ -274,9 +274,7 @@ def _finish(cfg: JobConfig, pre: Preflight, summary: JobSummary) -> None:
     if missing:
         log.error("%d rows in scope have no committed result yet; re-run the same command to finish them",
                   missing)
-    extra = {"run": pre.fingerprint, "input": cfg.input, "input_rows": pre.plan.total,
-             "complete": summary.complete, "recon_version": pre.recon_version}
-    write_manifest(pre.index, extra, only_if_changed=True)
+    write_manifest(pre.index, _manifest_extra(cfg, pre, summary.complete), only_if_changed=True)
 
 
 def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
@@ -324,22 +322,54 @@ def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
     return summary
 
 
+def _manifest_extra(cfg: JobConfig, pre: Preflight, complete: bool) -> dict[str, Any]:
+    return {"run": pre.fingerprint, "input": cfg.input, "input_rows": pre.plan.total,
+            "complete": complete, "recon_version": pre.recon_version}
+
+
+def _size_pool(cfg: JobConfig, pre: Preflight, connected: bool) -> tuple[str, int]:
+    """Device and actor count: one actor per GPU on cuda, 1 on CPU, never more than batches."""
+    import ray
+
+    attached = bool(os.environ.get("RAY_ADDRESS")) or (not connected and _is_remote_cluster())
+    device = _resolve_device(cfg.device, attached)
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    default_actors = max(1, int(gpus)) if device == "cuda" else 1
+    batches = math.ceil(pre.plan.todo / cfg.instances_per_actor)
+    return device, max(1, min(cfg.num_actors or default_actors, batches))
+
+
+def _consume(cfg: JobConfig, pre: Preflight, ds, summary: JobSummary, metrics: JobMetrics,
+             reporter: ProgressReporter) -> None:
+    """Read status rows as actors finish them; compact every ``rows_per_shard`` rows."""
+    since_compaction = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            metrics.observe(row)
+            summary.ok += row["status"] == "ok"
+            summary.error += row["status"] != "ok"
+            summary.duplicates += bool(row["duplicate"])
+            since_compaction += 1
+        reporter.maybe_log()
+        if since_compaction >= cfg.rows_per_shard:
+            report = compact(pre.index, rows_per_shard=cfg.rows_per_shard, full_only=True,
+                             manifest_extra=_manifest_extra(cfg, pre, complete=False))
+            summary.shards_written.extend(report.shards_written)
+            since_compaction = 0
+
+
 def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMetrics,
              reporter: ProgressReporter) -> None:
+    """Connect Ray, start the actor pool over the rows to do, consume results."""
     import ray
+
+    from .tracker import start_tracker
 
     cpus_per_actor = cfg.cpus_per_actor or 1.0
     connected = _connect_ray(cfg, (cfg.num_actors or 1) * cpus_per_actor)
     try:
-        attached = bool(os.environ.get("RAY_ADDRESS")) or not connected and _is_remote_cluster()
-        device = _resolve_device(cfg.device, attached)
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        default_actors = max(1, int(gpus)) if device == "cuda" else 1
-        batches = math.ceil(pre.plan.todo / cfg.instances_per_actor)
-        num_actors = max(1, min(cfg.num_actors or default_actors, batches))
+        device, num_actors = _size_pool(cfg, pre, connected)
         summary.device, summary.num_actors = device, num_actors
-        from .tracker import start_tracker
-
         tracker = start_tracker()
         settings = WorkerSettings(
             reconstructor=cfg.reconstructor, bundle=cfg.bundle, preset=cfg.preset, device=device,
@@ -351,26 +381,11 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
         log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",
                  pre.plan.todo, num_actors, device, cpus_per_actor, cfg.instances_per_actor)
         poller = _LivePoller(tracker, metrics, reporter).start()
-        since_compaction = 0
         try:
             with _data_context(cfg), _explain_actor_start_failures():
                 ds = _build_dataset(cfg, pre, settings, num_actors, cpus_per_actor,
                                     1.0 if device == "cuda" else 0.0)
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    for row in batch.to_pylist():
-                        metrics.observe(row)
-                        summary.ok += row["status"] == "ok"
-                        summary.error += row["status"] != "ok"
-                        summary.duplicates += bool(row["duplicate"])
-                        since_compaction += 1
-                    reporter.maybe_log()
-                    if since_compaction >= cfg.rows_per_shard:
-                        report = compact(pre.index, rows_per_shard=cfg.rows_per_shard, full_only=True,
-                                         manifest_extra={"run": pre.fingerprint, "input": cfg.input,
-                                                         "input_rows": pre.plan.total, "complete": False,
-                                                         "recon_version": pre.recon_version})
-                        summary.shards_written.extend(report.shards_written)
-                        since_compaction = 0
+                _consume(cfg, pre, ds, summary, metrics, reporter)
         finally:
             poller.stop()
             metrics.set_live(in_flight=0, active_actors=0)  # the pool is gone

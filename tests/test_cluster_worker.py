@@ -1,0 +1,83 @@
+"""The actor's per-row logic, called directly (no Ray): retries, poison rows, batches."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from cluster.config import Columns
+from cluster.identity import row_seed
+from cluster.store import OutputStore
+from cluster.worker import ReconstructionWorker, WorkerSettings
+from cluster_doubles import DIVERGE
+from cluster_helpers import DOUBLE, count_logs, good_rows, latent, png, write_bundle
+
+
+@pytest.fixture
+def make_worker(tmp_path):
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+
+    def make(**kw):
+        settings = WorkerSettings(
+            reconstructor=DOUBLE, bundle=bundle, preset="celeba", device="cpu",
+            overrides={"log_dir": str(tmp_path / "logs")}, storage_options={},
+            output_url=str(tmp_path / "out"), columns=Columns(), input_protocol="file", run_seed=7,
+            max_attempts=kw.pop("max_attempts", 3), run_fingerprint="fp", recon_version="0.1.0")
+        return ReconstructionWorker(settings)
+
+    return make
+
+
+def batch(rows) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=pa.schema([("image_id", pa.string()), ("image", pa.binary()),
+                                                        ("latent", pa.list_(pa.float32()))]))
+
+
+def test_row_committed_once_and_redelivery_is_a_duplicate(make_worker, tmp_path):
+    w = make_worker()
+    rows = good_rows(1)
+    first = w(batch(rows)).to_pylist()[0]
+    assert (first["status"], first["attempts"], first["duplicate"]) == ("ok", 1, False)
+    again = w(batch(rows)).to_pylist()[0]  # a Ray retry of a batch whose result was already written
+    assert (again["status"], again["duplicate"]) == ("ok", True)
+    assert count_logs(tmp_path / "logs", "call") == 1  # not reconstructed twice
+    assert len(OutputStore(str(tmp_path / "out")).staged_items()) == 1
+
+
+def test_row_whose_worker_died_max_attempts_times_becomes_an_error(make_worker, tmp_path):
+    w = make_worker(max_attempts=2)
+    store = OutputStore(str(tmp_path / "out"))
+    rows = good_rows(1)
+    store.record_attempt(rows[0]["image_id"])  # two earlier attempts that never finished
+    store.record_attempt(rows[0]["image_id"])
+    status = w(batch(rows)).to_pylist()[0]
+    assert status["status"] == "error" and status["attempts"] == 2
+    assert status["error"] == "worker died 2 times on this row (--max-attempts 2); not retried"
+    assert count_logs(tmp_path / "logs", "call") == 0
+
+
+def test_batch_runs_together_then_one_by_one_after_a_crash(make_worker, tmp_path):
+    w = make_worker()
+    rows = good_rows(3)
+    rows.append({"image_id": "diverges", "image": png(9), "latent": latent(9, first=DIVERGE)})
+    out = w(batch(rows)).to_pylist()  # K=4 rows through reconstruct_many
+    assert [s["status"] for s in out] == ["ok", "ok", "ok", "error"]
+    assert out[3]["error"].startswith("optimization diverged")
+
+    # A retried batch after a crash: the suspect row (2 earlier attempts) runs last,
+    # so the healthy row is committed even if the suspect kills the worker again.
+    store = OutputStore(str(tmp_path / "out"))
+    more = good_rows(2, prefix="next")
+    for _ in range(2):
+        store.record_attempt(more[0]["image_id"])
+    out = w(batch(more)).to_pylist()
+    assert [s["image_id"] for s in out] == ["next-001", "next-000"]
+    assert [s["attempts"] for s in out] == [1, 3]
+
+
+def test_seed_comes_from_run_seed_and_id(make_worker, tmp_path):
+    import json
+
+    w = make_worker()
+    w(batch(good_rows(1)))
+    call = json.loads(next((tmp_path / "logs").glob("call-*.json")).read_text())
+    assert call["seed"] == row_seed(7, "img-000")
