@@ -64,7 +64,8 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
         raise InputError(f"cannot open {url}: the filesystem for this URL scheme is not installed ({exc})") from exc
     try:
         if any(ch in path for ch in "*?["):
-            found = [p for p in fs.glob(path) if fs.isfile(p)]
+            # detail=True: file types come with the listing (no HEAD per match on S3)
+            found = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
             paths = [p for p in found if p.endswith(".parquet")] or found
         elif fs.isdir(path):
             paths = [p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p, path)]

@@ -160,8 +160,10 @@ class ReconstructionWorker:
 
     # -- tracker --------------------------------------------------------------
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while True:  # first beat right away: the actor counts as active once loaded
             self._notify("heartbeat")
+            if self._stop.wait(HEARTBEAT_S):
+                return
 
     def _notify(self, method: str, *args: Any) -> None:
         if self.s.tracker is None:

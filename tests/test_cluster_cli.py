@@ -120,3 +120,14 @@ def test_cli_prints_the_reason_and_exits_2(setup, capsys):
                  "--preset", "celeba", "--metrics-port", "0", "--reconstructor", DOUBLE])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_glob_and_single_file_inputs_resolve(tmp_path):
+    from cluster.inputs import resolve_input
+
+    files = write_dataset(str(tmp_path / "in"), good_rows(4), files=2)
+    (tmp_path / "in" / "_SUCCESS").write_text("")
+    assert [p.rsplit("/", 1)[-1] for p in resolve_input(str(tmp_path / "in" / "*.parquet")).paths] == \
+        ["part-000.parquet", "part-001.parquet"]
+    assert resolve_input(files[1]).paths == [files[1]]
+    assert len(resolve_input(str(tmp_path / "in")).paths) == 2  # folder: _-prefixed files skipped
