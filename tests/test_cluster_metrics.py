@@ -100,3 +100,21 @@ def test_progress_line_is_rate_limited_and_informative():
     assert "42/100" in lines[0] and "ok 1 error 1" in lines[0] and "1.00/min" in lines[0]
     assert "ETA 58m00s" in lines[0]
     assert format_duration(7322) == "2h02m" and format_duration(float("nan")) == "?"
+
+
+def test_tracker_counts_rows_of_live_workers_only(monkeypatch):
+    import cluster.tracker as tracker_mod
+
+    now = [100.0]
+    monkeypatch.setattr(tracker_mod.time, "monotonic", lambda: now[0])
+    t = tracker_mod.ProgressTracker()
+    t.started("w1", ["a", "b"])
+    t.started("w2", ["c"])
+    t.finished("w1", ["a"])
+    assert t.snapshot(15.0) == {"in_flight": 2, "active_workers": 2}
+    now[0] += 10
+    t.heartbeat("w1")
+    now[0] += 10  # w2 silent for 20 s: it died, its row no longer counts as running
+    assert t.snapshot(15.0) == {"in_flight": 1, "active_workers": 1}
+    t.started("w3", ["c"])  # Ray retried the row on a new worker
+    assert t.snapshot(15.0) == {"in_flight": 2, "active_workers": 2}
