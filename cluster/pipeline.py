@@ -156,8 +156,16 @@ def _connect_ray(cfg: JobConfig, want_cpus: float) -> bool:
         return True
     logical = max(4, (os.cpu_count() or 1) + 2, math.ceil(want_cpus) + 2)  # headroom: pitfall 24
     pythonpath = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=logical, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    try:
+        ray.init(num_cpus=logical, include_dashboard=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    except ValueError as exc:
+        # A cluster started with `ray start` on this machine: ray.init() joins
+        # it and refuses resource arguments. Join it as it is.
+        if "existing cluster" not in str(exc):
+            raise
+        log.info("joining the Ray cluster already running on this machine")
+        ray.init()
     return True
 
 
