@@ -67,7 +67,7 @@ def brute_force_nr_depth(
         # Same arithmetic as K (X/Z) then the sample grid s = 2u - 0.5 (spec §4.2).
         sx = ss * (focal * (X / Z) + c0) - 0.5
         sy = ss * (focal * (Y / Z) + c0) - 0.5
-        x, y, z = sx[all_faces], sy[all_faces], Z[all_faces]
+        x, y, inv_z = sx[all_faces], sy[all_faces], torch.reciprocal(Z[all_faces])
         # neural_renderer draws a face only where it faces the camera in its y-up NDC:
         # signed area in our y-down frame <= 0.
         area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
@@ -79,9 +79,12 @@ def brute_force_nr_depth(
                 e1 = dx[:, 2] * dy[:, 0] - dy[:, 2] * dx[:, 0]
                 e2 = dx[:, 0] * dy[:, 1] - dy[:, 0] * dx[:, 1]
                 s = e0 + e1 + e2
-                w0, w1, w2 = e0 / s, e1 / s, e2 / s
-                inside = front & (s != 0) & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-                zp = 1.0 / (w0 / z[:, 0] + w1 / z[:, 1] + w2 / z[:, 2])
+                # inclusive: every barycentric weight e_k / s is >= 0 (signs, no rounding)
+                inside = front & (s != 0) & ((e0 == 0) | ((e0 > 0) == (s > 0)))
+                inside &= (e1 == 0) | ((e1 > 0) == (s > 0))
+                inside &= (e2 == 0) | ((e2 > 0) == (s > 0))
+                # 1 / sum_k (w_k / z_k) with w_k = e_k / s
+                zp = s / (e0 * inv_z[:, 0] + e1 * inv_z[:, 1] + e2 * inv_z[:, 2])
                 ok = inside & (zp > 0.1) & (zp < 100.0)
                 if ok.any() and float(zp[ok].max() - zp[ok].min()) > 1e-6:
                     occluded += 1

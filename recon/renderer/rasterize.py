@@ -62,28 +62,47 @@ class RasterStats:
     covered_samples: int = 0
 
 
-def _barycentric_depth(
-    x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, px: torch.Tensor, py: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Barycentrics and perspective-correct depth of points in triangles (renderer_spec §4.4).
+def _edge_functions(
+    x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Twice the signed areas of the sub-triangles opposite each corner (renderer_spec §4.4).
 
-    x, y, z: (M, 3) corner sample coordinates and depths; px, py: (M,) sample points.
-    Each weight is the signed area of the sub-triangle opposite its corner divided by
-    the sum of the three, which is the triangle's area: the weights sum to one (the
-    renormalisation neural_renderer applies) and the test is independent of the
-    triangle's orientation (double-sided, i.e. fill_back). Returns (w0, w1, w2,
-    depth, area_sum). The same arithmetic serves the no-grad search and the
-    differentiable recomputation, so both agree bit for bit.
+    x, y: (M, 3) corner sample coordinates; px, py: (M,) sample points. e_k is the
+    cross product (v_{k+1} - p) x (v_{k+2} - p); e0 + e1 + e2 is twice the triangle's
+    signed area and e_k / (e0 + e1 + e2) its barycentric weights. Written on the
+    differences v - p, an edge shared by two triangles gives exactly opposite values
+    in both (same two rounded products, subtracted in the other order), so a sample
+    on a shared edge is never rejected by both: the mesh is watertight in floating
+    point. The same arithmetic serves the no-grad search and the differentiable
+    recomputation, so both agree bit for bit.
     """
     dx = x - px[:, None]
     dy = y - py[:, None]
     e0 = dx[:, 1] * dy[:, 2] - dy[:, 1] * dx[:, 2]
     e1 = dx[:, 2] * dy[:, 0] - dy[:, 2] * dx[:, 0]
     e2 = dx[:, 0] * dy[:, 1] - dy[:, 0] * dx[:, 1]
+    return e0, e1, e2
+
+
+def _inside(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, eps: float) -> torch.Tensor:
+    """Edge-inclusive, orientation-independent inside test: all weights >= -eps (spec §4.4).
+
+    Compares signs instead of dividing: weight w_k = e_k / A >= -eps  <=>  e_k sign(A) >=
+    -eps |A|. With eps = 0 this is exact. Degenerate triangles (A = 0) are never inside.
+    """
     area = e0 + e1 + e2
-    w0, w1, w2 = e0 / area, e1 / area, e2 / area
-    depth = 1.0 / (w0 / z[:, 0] + w1 / z[:, 1] + w2 / z[:, 2])
-    return w0, w1, w2, depth, area
+    sign = torch.sign(area)
+    floor = -eps * area.abs() if eps > 0 else 0.0
+    return (area != 0) & (e0 * sign >= floor) & (e1 * sign >= floor) & (e2 * sign >= floor)
+
+
+def _interpolated_depth(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, inv_z: torch.Tensor) -> torch.Tensor:
+    """Perspective-correct depth 1 / sum_k w_k / z_k = A / sum_k e_k / z_k (spec §2.4, §4.4).
+
+    inv_z: (M, 3) reciprocal corner depths. Exactly the depth of the triangle's plane
+    along the sample's ray; one division per sample.
+    """
+    return (e0 + e1 + e2) / (e0 * inv_z[:, 0] + e1 * inv_z[:, 1] + e2 * inv_z[:, 2])
 
 
 def _chunk_bounds(cum_counts: torch.Tensor, budget: int) -> list[tuple[int, int]]:
@@ -173,9 +192,8 @@ def rasterize_depth(
     # fill_back face list (spec §2.4): originals, then the reversed copies.
     drawn_faces = torch.cat([faces, faces.flip(-1)], dim=0)
     corner = drawn_faces[drawn_face] + (b * num_verts)[:, None]
-    w0, w1, w2, depth, _ = _barycentric_depth(
-        sx.reshape(-1)[corner], sy.reshape(-1)[corner], Z.reshape(-1)[corner], px.to(dtype), py.to(dtype)
-    )
+    e0, e1, e2 = _edge_functions(sx.reshape(-1)[corner], sy.reshape(-1)[corner], px.to(dtype), py.to(dtype))
+    depth = _interpolated_depth(e0, e1, e2, torch.reciprocal(Z.reshape(-1)[corner]))
     flat = verts.new_full((batch * plane,), far).index_put((winners,), depth)
     return flat.view(batch, height, ss, width, ss).mean(dim=(2, 4))
 
@@ -245,7 +263,7 @@ def _search_winners(
     px_ = torch.where(flip, px_.flip(-1), px_)
     py_ = torch.where(flip, py_.flip(-1), py_)
     pz_ = torch.where(flip, pz_.flip(-1), pz_)
-    corners = torch.cat([px_, py_, pz_], dim=1)  # (P, 9)
+    corners = torch.cat([px_, py_, torch.reciprocal(pz_)], dim=1)  # (P, 9): x, y, 1/z of the corners
     boxes = torch.stack(
         [x0.reshape(-1)[pair], y0.reshape(-1)[pair], box_w.reshape(-1)[pair], pair_b * plane, tie], dim=1
     )  # (P, 5) int64
@@ -280,12 +298,10 @@ def _search_winners(
         del offset_in_box, row_in_box
         c = corners[gi]
         del gi
-        w0, w1, w2, depth, area = _barycentric_depth(
-            c[:, 0:3], c[:, 3:6], c[:, 6:9], cand_x.to(dtype), cand_y.to(dtype)
-        )
-        del c
-        ok = (area != 0) & (w0 >= -eps) & (w1 >= -eps) & (w2 >= -eps) & (depth > near) & (depth < far)
-        del w0, w1, w2, area
+        e0, e1, e2 = _edge_functions(c[:, 0:3], c[:, 3:6], cand_x.to(dtype), cand_y.to(dtype))
+        depth = _interpolated_depth(e0, e1, e2, c[:, 6:9])
+        ok = _inside(e0, e1, e2, eps) & (depth > near) & (depth < far)
+        del c, e0, e1, e2
         pixel = box[:, 3] + cand_y * cols + cand_x
         tie_c = box[:, 4]
         del cand_x, cand_y, box
