@@ -628,3 +628,14 @@ def test_neural_renderer_backend_without_cuda_says_how_to_install():
         DepthRenderer(8, backend="neural_renderer")
     assert isinstance(info.value, RuntimeError)
     assert "CUDA" in str(info.value)
+
+
+def test_surface_outside_the_image_renders_background_without_gradient():
+    n = 16
+    r = DepthRenderer(n)
+    depth = torch.ones(2, n, n, requires_grad=True)
+    v = torch.tensor([[0, 0, 0, 1.0, 0, 0], [0, 0, 0, 0, -1.0, 0]])  # moved ~10 image widths away
+    raw = r.render_view_depth_unclamped(depth, v)
+    assert torch.all(raw == 100.0) and r.last_raster_stats.candidates == 0
+    r.render_view_depth(depth, v).sum().backward()
+    assert torch.all(depth.grad == 0)

@@ -20,6 +20,7 @@ Pipeline, all batched and without Python loops over faces or pixels:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,46 +64,54 @@ class RasterStats:
 
 
 def _edge_functions(
-    x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: torch.Tensor
+    x: Sequence[torch.Tensor], y: Sequence[torch.Tensor], px: torch.Tensor, py: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Twice the signed areas of the sub-triangles opposite each corner (renderer_spec §4.4).
 
-    x, y: (M, 3) corner sample coordinates; px, py: (M,) sample points. e_k is the
-    cross product (v_{k+1} - p) x (v_{k+2} - p); e0 + e1 + e2 is twice the triangle's
-    signed area and e_k / (e0 + e1 + e2) its barycentric weights. Written on the
-    differences v - p, an edge shared by two triangles gives exactly opposite values
-    in both (same two rounded products, subtracted in the other order), so a sample
-    on a shared edge is never rejected by both: the mesh is watertight in floating
-    point. The same arithmetic serves the no-grad search and the differentiable
-    recomputation, so both agree bit for bit.
+    x, y: the three corners' sample coordinates, each (M,); px, py: (M,) sample points.
+    e_k is the cross product (v_{k+1} - p) x (v_{k+2} - p); e0 + e1 + e2 is twice the
+    triangle's signed area and e_k / (e0 + e1 + e2) its barycentric weights. Written on
+    the differences v - p, an edge shared by two triangles gives exactly opposite values
+    in both (same two rounded products, subtracted in the other order), so a sample on
+    a shared edge is never rejected by both: the mesh is watertight in floating point.
+    The same arithmetic serves the no-grad search and the differentiable recomputation,
+    so both agree bit for bit. (Separate contiguous 1-D operands on purpose: strided
+    column views take torch's slow non-vectorised CPU path.)
     """
-    dx = x - px[:, None]
-    dy = y - py[:, None]
-    e0 = dx[:, 1] * dy[:, 2] - dy[:, 1] * dx[:, 2]
-    e1 = dx[:, 2] * dy[:, 0] - dy[:, 2] * dx[:, 0]
-    e2 = dx[:, 0] * dy[:, 1] - dy[:, 0] * dx[:, 1]
+    dx0, dx1, dx2 = x[0] - px, x[1] - px, x[2] - px
+    dy0, dy1, dy2 = y[0] - py, y[1] - py, y[2] - py
+    e0 = dx1 * dy2 - dy1 * dx2
+    e1 = dx2 * dy0 - dy2 * dx0
+    e2 = dx0 * dy1 - dy0 * dx1
     return e0, e1, e2
 
 
-def _inside(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, eps: float) -> torch.Tensor:
+def _inside(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, area: torch.Tensor, eps: float) -> torch.Tensor:
     """Edge-inclusive, orientation-independent inside test: all weights >= -eps (spec §4.4).
 
-    Compares signs instead of dividing: weight w_k = e_k / A >= -eps  <=>  e_k sign(A) >=
-    -eps |A|. With eps = 0 this is exact. Degenerate triangles (A = 0) are never inside.
+    `area` = e0 + e1 + e2. Compares signs instead of dividing. With eps = 0 (neural_renderer's
+    inclusive test) a sample is inside iff the three e_k share a sign (zeros allowed), which
+    is exact; a degenerate triangle (area 0) is never inside. With eps > 0,
+    w_k = e_k / A >= -eps  <=>  e_k sign(A) >= -eps |A|.
     """
-    area = e0 + e1 + e2
+    if eps == 0:
+        lo = torch.minimum(torch.minimum(e0, e1), e2)
+        hi = torch.maximum(torch.maximum(e0, e1), e2)
+        return ((lo >= 0) | (hi <= 0)) & (area != 0)
     sign = torch.sign(area)
-    floor = -eps * area.abs() if eps > 0 else 0.0
+    floor = -eps * area.abs()
     return (area != 0) & (e0 * sign >= floor) & (e1 * sign >= floor) & (e2 * sign >= floor)
 
 
-def _interpolated_depth(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, inv_z: torch.Tensor) -> torch.Tensor:
+def _interpolated_depth(
+    e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, area: torch.Tensor, inv_z: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """Perspective-correct depth 1 / sum_k w_k / z_k = A / sum_k e_k / z_k (spec §2.4, §4.4).
 
-    inv_z: (M, 3) reciprocal corner depths. Exactly the depth of the triangle's plane
-    along the sample's ray; one division per sample.
+    inv_z: the three corners' reciprocal depths, each (M,); area = e0 + e1 + e2. Exactly the depth of the
+    triangle's plane along the sample's ray; one division per sample.
     """
-    return (e0 + e1 + e2) / (e0 * inv_z[:, 0] + e1 * inv_z[:, 1] + e2 * inv_z[:, 2])
+    return area / (e0 * inv_z[0] + e1 * inv_z[1] + e2 * inv_z[2])
 
 
 def _chunk_bounds(cum_counts: torch.Tensor, budget: int) -> list[tuple[int, int]]:
@@ -191,9 +200,13 @@ def rasterize_depth(
     px = rem - py * cols
     # fill_back face list (spec §2.4): originals, then the reversed copies.
     drawn_faces = torch.cat([faces, faces.flip(-1)], dim=0)
-    corner = drawn_faces[drawn_face] + (b * num_verts)[:, None]
-    e0, e1, e2 = _edge_functions(sx.reshape(-1)[corner], sy.reshape(-1)[corner], px.to(dtype), py.to(dtype))
-    depth = _interpolated_depth(e0, e1, e2, torch.reciprocal(Z.reshape(-1)[corner]))
+    corner_ids = (drawn_faces.index_select(0, drawn_face) + (b * num_verts)[:, None]).t().contiguous()
+    sx, sy, Z = sx.reshape(-1), sy.reshape(-1), Z.reshape(-1)
+    cx = [sx.index_select(0, ids) for ids in corner_ids]
+    cy = [sy.index_select(0, ids) for ids in corner_ids]
+    inv_z = [torch.reciprocal(Z.index_select(0, ids)) for ids in corner_ids]
+    e0, e1, e2 = _edge_functions(cx, cy, px.to(dtype), py.to(dtype))
+    depth = _interpolated_depth(e0, e1, e2, e0 + e1 + e2, inv_z)
     flat = verts.new_full((batch * plane,), far).index_put((winners,), depth)
     return flat.view(batch, height, ss, width, ss).mean(dim=(2, 4))
 
@@ -263,11 +276,15 @@ def _search_winners(
     px_ = torch.where(flip, px_.flip(-1), px_)
     py_ = torch.where(flip, py_.flip(-1), py_)
     pz_ = torch.where(flip, pz_.flip(-1), pz_)
-    # Per-pair data gathered per candidate below. Box bookkeeping in int32 (sample
-    # coordinates < 2^31) halves the bytes moved per candidate.
-    corner_xy = torch.cat([px_, py_], dim=1)  # (P, 6)
-    corner_inv_z = torch.reciprocal(pz_)  # (P, 3)
-    boxes = torch.stack([x0.reshape(-1)[pair], y0.reshape(-1)[pair], box_w.reshape(-1)[pair]], dim=1).int()
+    # An inside sample's depth lies between its corners' (1/z is a convex combination of
+    # their 1/z), so when every usable corner is safely inside (near, far) the per-sample
+    # range test of neural_renderer cannot reject anything and is skipped.
+    check_range = bool(pz_.numel()) and not (float(pz_.min()) > near * (1 + 1e-4) and float(pz_.max()) < far * (1 - 1e-4))
+    # Per-pair data, gathered per candidate below with index_select along dim 1 so every
+    # gathered row is contiguous: corners' x, y and 1/z (9, P); box x0, y0, width in
+    # int32 (3, P) (sample coordinates < 2^31), which halves the bytes moved.
+    corners = torch.cat([px_.t(), py_.t(), torch.reciprocal(pz_).t()], dim=0).contiguous()
+    boxes = torch.stack([x0.reshape(-1)[pair], y0.reshape(-1)[pair], box_w.reshape(-1)[pair]], dim=0).int()
     pixel_base = pair_b * plane  # first sample of the pair's image
     del fx, fy, fz, px_, py_, pz_, x0, y0, box_w, box_h
 
@@ -291,22 +308,25 @@ def _search_winners(
             torch.arange(end - start, device=device, dtype=torch.int32), chunk_counts, output_size=total
         )
         box_start = (cum[start:end] - chunk_counts - base).int()
-        offset = torch.arange(total, device=device, dtype=torch.int32) - box_start[local]
+        offset = torch.arange(total, device=device, dtype=torch.int32) - box_start.index_select(0, local)
         del chunk_counts, box_start
-        box = boxes[start:end][local]
-        row = torch.div(offset, box[:, 2], rounding_mode="floor")
-        cand_x = box[:, 0] + offset - row * box[:, 2]
-        cand_y = box[:, 1] + row
-        del offset, row, box
-        xy = corner_xy[start:end][local]
-        e0, e1, e2 = _edge_functions(xy[:, 0:3], xy[:, 3:6], cand_x.to(dtype), cand_y.to(dtype))
-        del xy
-        depth = _interpolated_depth(e0, e1, e2, corner_inv_z[start:end][local])
-        ok = _inside(e0, e1, e2, eps) & (depth > near) & (depth < far)
-        del e0, e1, e2
-        pixel = pixel_base[start:end][local] + (cand_y * cols + cand_x)
+        bx0, by0, bw = boxes[:, start:end].index_select(1, local)
+        row = torch.div(offset, bw, rounding_mode="floor")
+        cand_x = bx0 + offset - row * bw
+        cand_y = by0 + row
+        del offset, row, bx0, by0, bw
+        c = corners[:, start:end].index_select(1, local)
+        e0, e1, e2 = _edge_functions(c[0:3], c[3:6], cand_x.to(dtype), cand_y.to(dtype))
+        area = e0 + e1 + e2
+        depth = _interpolated_depth(e0, e1, e2, area, c[6:9])
+        del c
+        ok = _inside(e0, e1, e2, area, eps)
+        del e0, e1, e2, area
+        if check_range:
+            ok &= (depth > near) & (depth < far)
+        pixel = pixel_base[start:end].index_select(0, local) + (cand_y * cols + cand_x)
         del cand_x, cand_y
-        tie_c = tie[start:end][local]
+        tie_c = tie[start:end].index_select(0, local)
         del local
         if winner_selection == "packed":
             # Positive float32 bit patterns order like the values (spec §4.5).
