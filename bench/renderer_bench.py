@@ -184,7 +184,10 @@ def main() -> None:
     print(f"# load average at start: {info['load_average_at_start']} (other processes skew the times)")
     print(f"# median of {args.repeats} repeats after one warm-up; candidate_budget {args.budget}; noisy sigma {args.sigma}")
     mem_label = "peak CUDA GB" if args.device.startswith("cuda") else "peak RSS GB"
-    header = f"{'N':>4} {'B':>3} {'depth':>7} {'ms/call':>9} {'ms/image':>9} {'cand/img':>10} {'chunks':>6} {mem_label:>13} {'valid':>6}   spec §4.8 prototype (smooth, B=16, unchunked)"
+    header = (
+        f"{'N':>4} {'B':>3} {'depth':>7} {'ms/call':>9} {'ms/image':>9} {'cand/img':>10} {'chunks':>6} "
+        f"{mem_label:>13} {'valid':>6}   spec §4.8 prototype (smooth, B=16, unchunked)"
+    )
     print(header)
     results = []
     for size in args.sizes:

@@ -279,7 +279,8 @@ def _search_winners(
     # An inside sample's depth lies between its corners' (1/z is a convex combination of
     # their 1/z), so when every usable corner is safely inside (near, far) the per-sample
     # range test of neural_renderer cannot reject anything and is skipped.
-    check_range = bool(pz_.numel()) and not (float(pz_.min()) > near * (1 + 1e-4) and float(pz_.max()) < far * (1 - 1e-4))
+    corners_in_range = bool(pz_.numel()) and float(pz_.min()) > near * (1 + 1e-4) and float(pz_.max()) < far * (1 - 1e-4)
+    check_range = not corners_in_range
     # Per-pair data, gathered per candidate below with index_select along dim 1 so every
     # gathered row is contiguous: corners' x, y and 1/z (9, P); box x0, y0, width in
     # int32 (3, P) (sample coordinates < 2^31), which halves the bytes moved.

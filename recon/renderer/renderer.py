@@ -109,7 +109,10 @@ class DepthRenderer:
         self.faces = grid_faces(image_size, image_size, self.device)
         #: Filled by every torch-backend rasterisation; useful to check chunking.
         self.last_raster_stats = RasterStats()
-        self._nr = NeuralRendererDepth(image_size, self.camera.K(torch.float64), self.device) if backend == "neural_renderer" else None
+        # Constructed only when asked for: it needs CUDA and the optional package.
+        self._nr = None
+        if backend == "neural_renderer":
+            self._nr = NeuralRendererDepth(image_size, self.camera.K(torch.float64), self.device)
 
     # ------------------------------------------------------------------ checks
     def _check_maps(self, name: str, x: torch.Tensor) -> None:
