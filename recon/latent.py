@@ -25,7 +25,7 @@ class LatentProjector:
     def __init__(self, generator: Generator, f1_d: int, mode: str = "reference"):
         self.generator = generator
         self.split = mapping_split_index(generator.n_mlp, f1_d, mode)
-        dev = generator.input.input.device
+        dev = next(generator.parameters()).device
         with torch.no_grad():
             zero = torch.zeros(1, generator.style_dim, device=dev)
             self.center_h = generator.style_forward(zero, depth=self.split)

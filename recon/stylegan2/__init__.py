@@ -12,10 +12,11 @@ from .checkpoint import (
     load_stylegan2,
     read_checkpoint,
     save_stylegan2,
+    stylegan2_from_checkpoint,
 )
 from .networks import Discriminator, Generator, StyleGAN2Config, channel_table
 
 __all__ = [
     "SAFE_GLOBALS", "CheckpointError", "StyleGAN2", "StyleGAN2Config", "Generator", "Discriminator",
-    "channel_table", "infer_generator_config", "load_stylegan2", "read_checkpoint", "save_stylegan2",
+    "channel_table", "infer_generator_config", "load_stylegan2", "read_checkpoint", "save_stylegan2", "stylegan2_from_checkpoint",
 ]

@@ -184,7 +184,11 @@ def load_stylegan2(
     mode; gradients still flow through them to their inputs.
     """
     source = str(uri)
-    ckpt = read_checkpoint(uri, storage_options)
+    return stylegan2_from_checkpoint(read_checkpoint(uri, storage_options), source, generator_key).to(device)
+
+
+def stylegan2_from_checkpoint(ckpt: Mapping[str, Any], source: str = "", generator_key: str = "g_ema") -> StyleGAN2:
+    """Build a frozen :class:`StyleGAN2` from an already unpickled checkpoint dict."""
     if generator_key not in ckpt:
         raise CheckpointError(
             f"{source}: no '{generator_key}' entry; keys present: {sorted(map(str, ckpt))}. "
@@ -201,8 +205,7 @@ def load_stylegan2(
     for module in (gen, disc):
         if module is not None:
             module.eval().requires_grad_(False)
-    model = StyleGAN2(generator=gen, discriminator=disc, latent_avg=latent_avg, config=gen.config, source=source)
-    return model.to(device)
+    return StyleGAN2(generator=gen, discriminator=disc, latent_avg=latent_avg, config=gen.config, source=source)
 
 
 def save_stylegan2(model: StyleGAN2, path: str | Path) -> None:
@@ -217,5 +220,6 @@ def save_stylegan2(model: StyleGAN2, path: str | Path) -> None:
 
 __all__ = [
     "CheckpointError", "StorageError", "StyleGAN2", "load_stylegan2", "save_stylegan2", "read_checkpoint",
+    "stylegan2_from_checkpoint",
     "infer_generator_config", "SAFE_GLOBALS",
 ]
