@@ -1,0 +1,441 @@
+"""The per-image GAN2Shape optimisation (spec §1.2), for K instances at once.
+
+An :class:`InstanceGroup` holds K independent reconstructions that advance in
+lockstep: each has its own image, latent, random stream, D/A/V/L/E weights and
+projected-sample pool, but every network call, render and GAN call is batched
+over the group. K = 1 is the reference's one-image-at-a-time loop. Every loss
+is computed per instance (leading axis K) and the per-instance losses are
+summed for the backward pass, so gradients never mix instances.
+
+Stage loop (spec §1.2): [fit D to the ellipsoid prior] then for each stage:
+step 1 (train A), step 2 (train E), collect projected samples, step 3 (train
+V, L, D, A). A fresh Adam is made whenever the step changes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DivergenceError
+from .imaging import prepare_gan_output, prepare_input
+from .losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
+from .prior import default_box_mask, ellipsoid_prior
+from .renderer import lambertian_diffuse, light_from_network, view_from_network
+from .sampling import sample_lights, sample_views
+from .stacked import StackedNetwork
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .reconstructor import Reconstructor
+
+log = logging.getLogger(__name__)
+
+NETWORKS = ("netD", "netA", "netV", "netL", "netEnc")
+STEP_NETWORKS = {"prior": ("netD",), "step1": ("netA",), "step2": ("netEnc",), "step3": ("netV", "netL", "netD", "netA")}
+
+
+@dataclass
+class Instance:
+    """One validated input: image (1,3,H0,W0) in [-1,1], latent (D,), optional mask (1,1,H0,W0)."""
+
+    image: torch.Tensor
+    latent: torch.Tensor
+    mask: torch.Tensor | None
+    seed: int
+
+    @property
+    def origin_size(self) -> int:
+        return int(self.image.shape[-1])
+
+
+class InstanceGroup:
+    """K reconstructions trained together; see the module docstring."""
+
+    def __init__(self, rec: "Reconstructor", instances: list[Instance], *,
+                 on_progress: Callable[[str, int, int, int], None] | None = None):
+        self.rec = rec
+        self.cfg = cfg = rec.config
+        self.device = rec.device
+        self.k = len(instances)
+        self.size = s = cfg.image_size
+        self.instances = instances
+        self.on_progress = on_progress
+        dev = self.device
+
+        self.images = torch.stack([prepare_input(i.image, cfg.crop, s) for i in instances]).to(dev)  # (K,1,3,S,S)
+        masks = []
+        for inst in instances:
+            if inst.mask is not None:
+                masks.append(prepare_input(inst.mask, cfg.crop, s))
+            else:
+                masks.append(default_box_mask(s, cfg.default_mask_box)[None, None])
+        self.masks = torch.stack(masks).to(dev)  # (K,1,1,S,S)
+        self.latents = torch.stack([i.latent for i in instances]).to(dev)[:, None]  # (K,1,D)
+        self.generators = [torch.Generator().manual_seed(int(i.seed)) for i in instances]
+        self.view_mean = rec.bundle.view_mvn.mean.to(dev)
+        self.light_mean = rec.bundle.light_mvn.mean.to(dev)
+
+        with torch.no_grad():
+            self.gan_images = self.generate(self.latents.reshape(self.k, -1), per_instance=1)  # (K,1,3,S,S)
+
+        self.nets = {name: StackedNetwork(rec.networks[name], self.k) for name in NETWORKS}
+        for name in NETWORKS:
+            self.nets[name].load_state(rec.initial_state[name])
+
+        self.canon_mask: torch.Tensor | None = None  # (K,1,1,S,S), only with use_mask
+        self.cache: dict[str, torch.Tensor] | None = None
+        self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pool_order: list[list[int]] = [[] for _ in range(self.k)]
+        self.history: list[dict[str, list[float]]] = [dict() for _ in range(self.k)]
+        self.final_losses: list[dict[str, float]] = [dict() for _ in range(self.k)]
+        self.iterations: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.diverged: list[str | None] = [None] * self.k
+
+    # ------------------------------------------------------------------ helpers
+    def generate(self, w: torch.Tensor, per_instance: int) -> torch.Tensor:
+        """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (spec §3.2)."""
+        cfg, gan = self.cfg, self.rec.gan
+        kwargs = {}
+        if cfg.truncation < 1:
+            kwargs = dict(truncation=cfg.truncation, truncation_latent=self.rec.truncation_latent)
+        img, _ = gan.generator([w], input_is_latent=True, randomize_noise=False, **kwargs)
+        origins = {i.origin_size for i in self.instances}
+        if len(origins) == 1:
+            out = prepare_gan_output(img, origins.pop(), cfg.crop, self.size)
+        else:  # different original sizes only matter with a crop; bring each instance separately
+            chunks = img.reshape(self.k, per_instance, *img.shape[1:])
+            out = torch.cat([prepare_gan_output(c, inst.origin_size, cfg.crop, self.size)
+                             for c, inst in zip(chunks, self.instances)])
+        return out.reshape(self.k, per_instance, 3, self.size, self.size)
+
+    def depth_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """D's raw map (K,N,1,S,S) -> depth (K,N,S,S) in (min, max): mean-subtract, tanh, rescale (spec §2.1)."""
+        cfg = self.cfg
+        r = raw[:, :, 0]
+        r = r - r.mean(dim=(-2, -1), keepdim=True)
+        t = torch.tanh(r)
+        return (1 + t) / 2 * cfg.max_depth + (1 - t) / 2 * cfg.min_depth
+
+    def clamp_border(self, depth: torch.Tensor) -> torch.Tensor:
+        """Blend the 2 leftmost and rightmost columns towards border_depth (weight 1.02 in the reference)."""
+        cfg = self.cfg
+        border = torch.zeros(self.size, device=depth.device, dtype=depth.dtype)
+        border[:2] = cfg.border_weight
+        border[-2:] = cfg.border_weight
+        return depth * (1 - border) + border * cfg.effective_border_depth
+
+    def shade_and_warp(self, depth: torch.Tensor, albedo: torch.Tensor, view_raw: torch.Tensor,
+                       light_raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Render canonical depth/albedo under a view and light into that view (spec §5).
+
+        Shapes: depth (K,N,S,S), albedo (K,N,3,S,S), view_raw (K,N,6), light_raw (K,N,4),
+        all in network output space (means already added).
+        """
+        cfg, r = self.cfg, self.rec.renderer
+        k, n, s = depth.shape[0], depth.shape[1], self.size
+        d = depth.reshape(k * n, s, s)
+        view = view_from_network(view_raw.reshape(k * n, 6), cfg.xyz_rotation_range, cfg.xy_translation_range,
+                                 cfg.z_translation_range)
+        ka, kd, ldir = light_from_network(light_raw.reshape(k * n, 4))
+        normal = r.normals(d)
+        diffuse = lambertian_diffuse(normal, ldir)
+        shading = ka[:, None, None] + kd[:, None, None] * diffuse
+        texture = (albedo.reshape(k * n, 3, s, s) / 2 + 0.5) * shading[:, None] * 2 - 1
+        view_depth = r.render_view_depth(d, view)
+        grid = r.inverse_warp_grid(view_depth, view)
+        recon = F.grid_sample(texture, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp(-1, 1)
+        valid = r.valid_mask(view_depth)[:, None]
+        unflat = lambda t: t.reshape(k, n, *t.shape[1:])  # noqa: E731
+        return dict(recon=unflat(recon), valid=unflat(valid), normal=unflat(normal), diffuse=unflat(diffuse),
+                    view_depth=unflat(view_depth), view=unflat(view), ka=unflat(ka), kd=unflat(kd),
+                    texture=unflat(texture))
+
+    def run_net(self, name: str, x: torch.Tensor, train: tuple[str, ...]) -> torch.Tensor:
+        if name in train:
+            return self.nets[name](x)
+        with torch.no_grad():
+            return self.nets[name](x)
+
+    def forward_input(self, flip: bool, train: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Predict depth, albedo, view and light of the input and re-render it (spec §2, forward_step1)."""
+        img = self.images
+        depth = self.clamp_border(self.depth_from_raw(self.run_net("netD", img, train)))  # (K,1,S,S)
+        albedo = self.run_net("netA", img, train)  # (K,1,3,S,S)
+        view = self.run_net("netV", img, train)
+        light = self.run_net("netL", img, train)
+        if self.cfg.add_mean_V:
+            view = view + self.view_mean
+        if self.cfg.add_mean_L:
+            light = light + self.light_mean
+        if flip:
+            depth = torch.cat([depth, depth.flip(-1)], dim=1)
+            albedo = torch.cat([albedo, albedo.flip(-1)], dim=1)
+            view = view.expand(-1, 2, -1)
+            light = light.expand(-1, 2, -1)
+        out = self.shade_and_warp(depth, albedo, view, light)
+        out.update(depth=depth, albedo=albedo, view_raw=view, light_raw=light)
+        return out
+
+    def input_loss(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Step-1 objective on the input (also the first half of step 3), per instance (spec §4)."""
+        cfg = self.cfg
+        recon, valid = out["recon"], out["valid"]
+        mask = valid.prod(dim=1, keepdim=True).expand_as(valid)  # with flipping: valid in both renders
+        loss = 0.0
+        for f in range(recon.shape[1]):
+            loss = loss + photometric_loss(self.rec.lpips, recon[:, f:f + 1], self.images, mask[:, f:f + 1],
+                                           cfg.lam_perc, instance_dims=1)
+        smooth = smoothness(out["depth"], instance_dims=1) + smoothness(out["diffuse"], instance_dims=1)
+        return loss + cfg.lam_smooth * smooth
+
+    def update_canonical_mask(self, out: dict[str, torch.Tensor]) -> None:
+        """Bring the image-space object mask into the canonical frame with the forward map (spec §3.3b)."""
+        if not self.cfg.use_mask:
+            return
+        k, s = self.k, self.size
+        with torch.no_grad():
+            grid = self.rec.renderer.forward_warp_grid(out["depth"][:, 0], out["view"][:, 0])
+            canon = F.grid_sample(self.masks.reshape(k, 1, s, s), grid, mode="bilinear", align_corners=True)
+        self.canon_mask = canon.reshape(k, 1, 1, s, s)
+
+    def cache_step1(self, out: dict[str, torch.Tensor]) -> None:
+        """Keep what pseudo-samples are rendered from: the last step-1 forward of the input (spec §3.5)."""
+        self.cache = {
+            "depth": out["depth"][:, 0].detach(),
+            "albedo": out["albedo"][:, 0].detach(),
+            "normal": out["normal"][:, 0].detach(),
+            "ka": out["ka"][:, 0].detach(),
+            "kd": out["kd"][:, 0].detach(),
+        }
+
+    # ------------------------------------------------------------ pseudo-samples
+    @torch.no_grad()
+    def sample_pseudo(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-render the cached depth and albedo under random views and lights (spec §3.5).
+
+        Returns images (K,n,3,S,S) clamped to [-1,1] and masks (K,n,1,S,S).
+        """
+        cfg, r, c = self.cfg, self.rec.renderer, self.cache
+        k, s, dev = self.k, self.size, self.device
+        views, dirs, rhos = [], [], []
+        for g in self.generators:
+            views.append(sample_views(self.rec.bundle.view_mvn, n, cfg.view_scale, g))
+            d, rho = sample_lights(cfg.rand_light, n, g)
+            dirs.append(d)
+            rhos.append(rho)
+        view = view_from_network(torch.stack(views).to(dev).reshape(k * n, 6), cfg.xyz_rotation_range,
+                                 cfg.xy_translation_range, cfg.z_translation_range)
+        ldir = torch.stack(dirs).to(dev)  # (K,n,3)
+        rho = torch.stack(rhos).to(dev)  # (K,n)
+        alpha = float(cfg.rand_light[6])
+        ka, kd = c["ka"], c["kd"]
+        if cfg.joint_train and cfg.pseudo_light_strength == "last_image" and getattr(self, "joint_last_light", None):
+            ka, kd = self.joint_last_light  # reference quirk in joint mode: strengths of the last cached image
+        ka = ka[:, None] + alpha * rho
+        kd = kd[:, None] + rho
+        normal = c["normal"][:, None].expand(k, n, s, s, 3).reshape(k * n, s, s, 3)
+        diffuse = lambertian_diffuse(normal, ldir.reshape(k * n, 3)).reshape(k, n, s, s)
+        shading = ka[..., None, None] + kd[..., None, None] * diffuse
+        texture = (c["albedo"][:, None] / 2 + 0.5) * shading[:, :, None] * 2 - 1
+        depth = c["depth"][:, None].expand(k, n, s, s).reshape(k * n, s, s)
+        view_depth = r.render_view_depth(depth, view)
+        grid = r.inverse_warp_grid(view_depth, view)
+        images = F.grid_sample(texture.reshape(k * n, 3, s, s), grid, mode="bilinear", align_corners=True).clamp(-1, 1)
+        if self.canon_mask is not None:
+            src = self.canon_mask[:, None].expand(k, n, 1, 1, s, s).reshape(k * n, 1, s, s)
+        else:
+            src = torch.ones(k * n, 1, s, s, device=dev)
+        masks = F.grid_sample(src, grid, mode="nearest", align_corners=True)
+        return images.reshape(k, n, 3, s, s), masks.reshape(k, n, 1, s, s)
+
+    def project(self, pseudo: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project pseudo-samples onto the GAN manifold: G(w + dw(E(x))) (spec §2.3, step 2)."""
+        k, n = pseudo.shape[:2]
+        ctx = torch.enable_grad() if train else torch.no_grad()
+        with ctx:
+            e = self.nets["netEnc"](pseudo)  # (K,n,D)
+            if self.cfg.relative_enc:
+                e = e - self.nets["netEnc"](self.gan_images)
+            dw = self.rec.projector.offset(e.reshape(k * n, -1)).reshape(k, n, -1)
+            w = (self.latents + dw).reshape(k * n, -1)
+            projected = self.generate(w, per_instance=n)
+        return projected, dw
+
+    def step2_loss(self, pseudo: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        projected, dw = self.project(pseudo, train=True)
+        l1 = masked_l1(projected, pseudo, masks, instance_dims=1)
+        feat = discriminator_feature_loss(self.rec.disc_features, projected, pseudo, masks)
+        reg = latent_regularizer(dw, instance_dims=1)
+        total = l1 + feat + self.cfg.lam_regular * reg
+        return total, {"l1": l1, "disc_feat": feat, "latent_reg": reg}
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        """Make the pool of projected samples step 3 trains on (replaces the previous pool)."""
+        images, masks = [], []
+        for _ in range(self.cfg.collect):
+            pseudo, pmask = self.sample_pseudo(self.cfg.batchsize)
+            projected, _ = self.project(pseudo, train=False)
+            images.append(projected.cpu())
+            masks.append(pmask.cpu())
+        self.pool = (torch.cat(images, dim=1), torch.cat(masks, dim=1))  # (K,P,...)
+        self.pool_order = [[] for _ in range(self.k)]
+
+    def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read the pool sequentially, reshuffling each instance's order when it runs out (spec §1.4)."""
+        images, masks = self.pool
+        size = images.shape[1]
+        b = min(self.cfg.batchsize, size)
+        picks = []
+        for i in range(self.k):
+            order = self.pool_order[i]
+            if len(order) < b:
+                order.extend(torch.randperm(size, generator=self.generators[i]).tolist())
+            picks.append(order[:b])
+            del order[:b]
+        idx = torch.tensor(picks)
+        gather = lambda t: torch.stack([t[i, idx[i]] for i in range(self.k)]).to(self.device)  # noqa: E731
+        return gather(images), gather(masks)
+
+    def step3_loss(self, flip: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Input objective + reconstruction of projected samples with their own predicted views and lights."""
+        cfg = self.cfg
+        train = STEP_NETWORKS["step3"]
+        out = self.forward_input(flip, train)
+        loss_in = self.input_loss(out)
+        proj, pmask = self.next_pool_batch()
+        k, b = proj.shape[:2]
+        view = self.nets["netV"](proj)
+        light = self.nets["netL"](proj)
+        if cfg.add_mean_V:
+            view = view + self.view_mean
+        if cfg.add_mean_L:
+            light = light + self.light_mean
+        copies = out["depth"].shape[1]
+        renders = []
+        for f in range(copies):  # the input's canonical shape, seen with each projected sample's view and light
+            depth = out["depth"][:, f:f + 1].expand(k, b, -1, -1)
+            albedo = out["albedo"][:, f:f + 1].expand(k, b, -1, -1, -1)
+            renders.append(self.shade_and_warp(depth, albedo, view, light))
+        valid = renders[0]["valid"]
+        for extra in renders[1:]:
+            valid = valid * extra["valid"]
+        mask = valid * pmask
+        loss_proj = 0.0
+        for rnd in renders:
+            loss_proj = loss_proj + photometric_loss(self.rec.lpips, rnd["recon"], proj, mask, cfg.lam_perc,
+                                                     instance_dims=1)
+        return loss_in + loss_proj, {"input": loss_in, "projected": loss_proj}, out
+
+    # ------------------------------------------------------------------ running
+    def optimizer(self, step: str) -> torch.optim.Optimizer:
+        params = [p for name in STEP_NETWORKS[step] for p in self.nets[name].parameters()]
+        return torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), weight_decay=self.cfg.weight_decay)
+
+    def _record(self, step: str, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        values = total.detach().cpu().tolist()
+        term_values = {name: t.detach().cpu().reshape(-1).tolist() for name, t in terms.items()}
+        for i, v in enumerate(values):
+            self.history[i].setdefault(step, []).append(float(v))
+            if self.diverged[i] is None and not (v == v and abs(v) != float("inf")):
+                self.diverged[i] = f"{step} loss became {v} at iteration {len(self.history[i][step])}"
+            self.final_losses[i][step] = float(v)
+            for name, tv in term_values.items():
+                self.final_losses[i][f"{step}.{name}"] = float(tv[i] if len(tv) > 1 else tv[0])
+
+    def _optimise(self, step: str, iters: int, loss_fn: Callable[[], tuple[torch.Tensor, dict]]) -> None:
+        if iters <= 0:
+            return
+        opt = self.optimizer(step)
+        for name in NETWORKS:
+            self.nets[name].set_requires_grad(name in STEP_NETWORKS[step])
+        start = time.perf_counter()
+        for it in range(iters):
+            total, terms = loss_fn()
+            self._record(step, total, terms)
+            bad = [i for i, d in enumerate(self.diverged) if d is not None]
+            if self.k == 1 and bad:
+                raise DivergenceError(self.diverged[0])
+            opt.zero_grad(set_to_none=True)
+            torch.where(torch.isfinite(total), total, torch.zeros_like(total)).sum().backward()
+            for name in STEP_NETWORKS[step]:
+                self.nets[name].zero_grad_instances(bad)  # a diverged instance stops; the others go on
+            opt.step()
+            if self.on_progress is not None:
+                self.on_progress(step, it + 1, iters, self.k)
+        self.iterations[step] = self.iterations.get(step, 0) + iters
+        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+
+    def fit_prior(self) -> None:
+        """Regress D to the ellipsoid prior: MSE, no border clamp (spec §3.4 step 9)."""
+        cfg = self.cfg
+        targets = torch.stack([
+            ellipsoid_prior(self.masks[i, 0, 0].cpu(), cfg.category, cfg.prior_near, cfg.prior_far, cfg.ellipsoid_center)
+            for i in range(self.k)
+        ]).to(self.device)[:, None]  # (K,1,S,S)
+
+        def loss():
+            depth = self.depth_from_raw(self.nets["netD"](self.images))
+            return (depth - targets).pow(2).mean(dim=(1, 2, 3)), {}
+
+        self._optimise("prior", cfg.prior_fit_iters, loss)
+
+    def step1(self, stage: int) -> None:
+        flip = self.cfg.flip("step1", stage)
+
+        def loss():
+            out = self.forward_input(flip, STEP_NETWORKS["step1"])
+            if self.canon_mask is None:
+                self.update_canonical_mask(out)
+            self.cache_step1(out)
+            return self.input_loss(out), {}
+
+        self._optimise("step1", self.cfg.step_iters(stage, "step1"), loss)
+        if self.cache is None:  # a zero-length step 1 still needs the input's state for step 2
+            with torch.no_grad():
+                out = self.forward_input(False, ())
+            self.update_canonical_mask(out)
+            self.cache_step1(out)
+
+    def step2(self, stage: int) -> None:
+        def loss():
+            pseudo, masks = self.sample_pseudo(self.cfg.batchsize)
+            return self.step2_loss(pseudo, masks)
+
+        self._optimise("step2", self.cfg.step_iters(stage, "step2"), loss)
+
+    def step3(self, stage: int) -> None:
+        flip = self.cfg.flip("step3", stage)
+
+        def loss():
+            total, terms, out = self.step3_loss(flip)
+            self.update_canonical_mask(out)
+            return total, terms
+
+        self._optimise("step3", self.cfg.step_iters(stage, "step3"), loss)
+
+    def run(self, fit_prior: bool) -> None:
+        """The whole schedule of spec §1.2 for every instance of the group."""
+        cfg = self.cfg
+        if fit_prior:
+            self.fit_prior()
+        for stage in range(cfg.num_stage):
+            t0 = time.perf_counter()
+            self.step1(stage)
+            self.step2(stage)
+            start = time.perf_counter()
+            self.collect()
+            self.seconds["collect"] = self.seconds.get("collect", 0.0) + time.perf_counter() - start
+            self.step3(stage)
+            log.info("stage %d/%d done for %d instance(s) in %.1fs", stage + 1, cfg.num_stage, self.k,
+                     time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def final_state(self) -> dict[str, torch.Tensor]:
+        """A last forward of the input with the trained networks (no flip)."""
+        return self.forward_input(False, ())

@@ -1,0 +1,252 @@
+"""Public per-image API: load the models once, reconstruct many images.
+
+``Reconstructor(bundle, preset, device=...)`` loads the StyleGAN2 generator and
+discriminator, the LPIPS network and the renderer once; ``reconstruct`` runs the
+whole GAN2Shape schedule for one image and ``reconstruct_many`` runs several
+images together on one device (each with its own networks and optimiser
+state, see :mod:`recon.engine`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bundle import ModelBundle, load_bundle, load_pretrained_networks
+from .config import GAN2ShapeConfig, load_config
+from .engine import NETWORKS, Instance, InstanceGroup
+from .errors import DivergenceError, InputError
+from .imaging import image_to_tensor, mask_to_tensor
+from .latent import LatentProjector
+from .networks import build_networks
+from .renderer import DepthRenderer
+from .result import ReconstructionResult
+from .gan import load_gan
+
+log = logging.getLogger(__name__)
+
+#: Seed of the networks' construction-time weights when the bundle has no pretrained ones.
+INIT_SEED = 0
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    return dev
+
+
+class Reconstructor:
+    """GAN2Shape reconstruction of single images with one loaded model bundle."""
+
+    def __init__(
+        self,
+        bundle: str | ModelBundle,
+        preset: str = "celeba",
+        device: str | torch.device = "cpu",
+        overrides: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        config: GAN2ShapeConfig | None = None,
+    ):
+        self.device = resolve_device(device)
+        self.config = config if config is not None else load_config(preset, overrides)
+        self.preset_name = self.config.name
+        self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle, storage_options)
+        cfg = self.config
+
+        self.gan = load_gan(self.bundle.stylegan2, self.device, storage_options=storage_options)
+        if self.gan.discriminator is None:
+            raise ValueError(f"{self.bundle.stylegan2}: the checkpoint has no discriminator ('d'); "
+                             "GAN2Shape's step-2 loss compares discriminator features")
+        n_blocks = len(self.gan.discriminator.convs) - 1
+        if n_blocks < 4 or cfg.image_size < 16:
+            raise ValueError(f"the discriminator has {n_blocks} residual blocks; the step-2 loss needs 4")
+        self.latent_dim = self.gan.config.style_dim
+        self.image_size = cfg.image_size
+        self.requires_mask = bool(cfg.use_mask)
+        self.truncation_latent = None
+        if cfg.truncation < 1:
+            if self.gan.latent_avg is not None:
+                self.truncation_latent = self.gan.latent_avg[None].to(self.device)
+            else:
+                with torch.no_grad():
+                    self.truncation_latent = self.gan.generator.mean_latent(4096, torch.Generator(self.device).manual_seed(0))
+
+        self.lpips = None
+        if cfg.lam_perc > 0:
+            if not (self.bundle.lpips_vgg16 and self.bundle.lpips_heads):
+                raise ValueError(
+                    f"preset {self.preset_name!r} uses the LPIPS perceptual loss (lam_perc={cfg.lam_perc}) but the "
+                    f"bundle {self.bundle.uri} names no LPIPS weights: add 'lpips: {{vgg16: <torchvision "
+                    "vgg16-397923af.pth>, heads: <LPIPS weights/v0.1/vgg.pth>}' to the manifest, "
+                    "or set lam_perc=0")
+            from .lpips import LPIPS
+
+            self.lpips = LPIPS.from_files(self.bundle.lpips_vgg16, self.bundle.lpips_heads, device=self.device,
+                                          storage_options=storage_options)
+
+        self.renderer = DepthRenderer(cfg.image_size, fov=cfg.fov, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
+                                      rot_center_depth=cfg.rot_center_depth, backend=cfg.renderer, device=self.device)
+        self.projector = LatentProjector(self.gan.generator, cfg.F1_d, cfg.mapping_tail)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)  # construction-time weights are the same in every process
+            nets = build_networks(cfg.image_size, latent_dim=self.latent_dim,
+                                  shortcut_sees_relu=cfg.encoder_shortcut_relu)
+        self.networks = {name: nets[name].to(self.device) for name in NETWORKS}
+        self.pretrained = self.bundle.pretrained
+        if self.pretrained:
+            states = load_pretrained_networks(self.pretrained, storage_options)
+            for name in NETWORKS:
+                try:
+                    self.networks[name].load_state_dict(states[name])
+                except RuntimeError as exc:
+                    raise ValueError(f"{self.pretrained}: {name} does not fit the {cfg.image_size}px networks: "
+                                     f"{str(exc).splitlines()[0]}") from exc
+        self.initial_state = {name: {k: v.detach().clone() for k, v in self.networks[name].state_dict().items()}
+                              for name in NETWORKS}
+        self.config_hash = cfg.hash(self.bundle.identity())
+
+    # ------------------------------------------------------------------ inputs
+    def disc_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.gan.discriminator.features(x, num=4)
+
+    def validate(self, image: Any, latent: Any, mask: Any = None, seed: int = 0) -> Instance:
+        """Check one input and bring it to tensors; raises :class:`InputError` with a clear message."""
+        try:
+            img = image_to_tensor(image)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        lat = torch.as_tensor(np.asarray(latent, dtype=np.float32) if not isinstance(latent, torch.Tensor) else latent)
+        lat = lat.detach().float().cpu()
+        if lat.ndim == 2 and lat.shape[0] == 1:
+            lat = lat[0]
+        if lat.ndim != 1 or lat.shape[0] != self.latent_dim:
+            raise InputError(f"latent must be a W code of {self.latent_dim} values (W space, not W+), "
+                             f"got shape {tuple(lat.shape)}")
+        if not torch.isfinite(lat).all():
+            raise InputError("latent holds NaN or inf")
+        h, w = img.shape[-2:]
+        if h != w:
+            raise InputError(f"image must be square like the GAN's samples, got {h}x{w}")
+        if self.config.crop and h < self.config.crop:
+            raise InputError(f"preset {self.preset_name!r} crops {self.config.crop}px from the original, "
+                             f"but the image is only {h}x{w}")
+        m = None
+        if mask is not None:
+            try:
+                m = mask_to_tensor(mask, h, w)
+            except ValueError as exc:
+                raise InputError(str(exc)) from exc
+        elif self.requires_mask:
+            raise InputError(f"preset {self.preset_name!r} needs an object mask (use_mask) and none was given")
+        return Instance(image=img, latent=lat, mask=m, seed=int(seed))
+
+    # ------------------------------------------------------------------ running
+    def reconstruct(self, image: Any, latent: Any, mask: Any = None, seed: int = 0,
+                    on_progress: Callable[[str, int, int, int], None] | None = None) -> ReconstructionResult:
+        """Run the full GAN2Shape schedule for one image.
+
+        ``image``: uint8 (H, W, 3) or a float tensor in [-1, 1]; ``latent``: its W
+        code (``latent_dim`` values); ``mask``: optional (H, W) object mask in
+        [0, 1] (without one, the preset's default box places the shape prior).
+        Raises :class:`InputError` for unusable inputs and :class:`DivergenceError`
+        if a loss becomes NaN/inf.
+        """
+        inst = self.validate(image, latent, mask, seed)
+        return self._run_group([inst], on_progress)[0]
+
+    def reconstruct_many(self, instances: Sequence[Mapping[str, Any]], batch_size: int | None = None,
+                         on_progress: Callable[[str, int, int, int], None] | None = None
+                         ) -> list[ReconstructionResult | Exception]:
+        """Reconstruct several images, ``batch_size`` at a time trained together on this device.
+
+        Each entry of ``instances`` holds ``image``, ``latent`` and optionally
+        ``mask`` and ``seed``. Every instance keeps its own networks and
+        optimiser state; results equal separate :meth:`reconstruct` calls up to
+        floating-point summation order. An entry that fails gets its exception in
+        its slot instead of a result; the others are unaffected.
+        """
+        results: list[ReconstructionResult | Exception | None] = [None] * len(instances)
+        valid: list[tuple[int, Instance]] = []
+        for i, item in enumerate(instances):
+            try:
+                valid.append((i, self.validate(item.get("image"), item.get("latent"), item.get("mask"),
+                                               item.get("seed", 0))))
+            except InputError as exc:
+                results[i] = exc
+        k = batch_size or self.suggest_batch_size()
+        for start in range(0, len(valid), k):
+            chunk = valid[start:start + k]
+            try:
+                outs = self._run_group([inst for _, inst in chunk], on_progress, raise_on_divergence=False)
+            except Exception as exc:  # a failure of the whole group (e.g. out of memory) fails its members only
+                outs = [exc] * len(chunk)
+            for (i, _), out in zip(chunk, outs):
+                results[i] = out
+        return results  # type: ignore[return-value]
+
+    def suggest_batch_size(self) -> int:
+        """How many instances to train together: from free GPU memory, or 1 on the CPU."""
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_instance = 1.5e9 * (self.image_size / 128) ** 2 * (self.config.batchsize / 16)
+        return max(1, min(32, int(free * 0.8 // per_instance)))
+
+    def _run_group(self, instances: list[Instance], on_progress=None, raise_on_divergence: bool = True
+                   ) -> list[ReconstructionResult | Exception]:
+        start = time.perf_counter()
+        group = InstanceGroup(self, instances, on_progress=on_progress)
+        group.run(fit_prior=self.pretrained is None or self.config.prior_every_image)
+        final = group.final_state()
+        seconds = time.perf_counter() - start
+        out: list[ReconstructionResult | Exception] = []
+        for i in range(group.k):
+            if group.diverged[i] is not None:
+                err = DivergenceError(group.diverged[i])
+                if raise_on_divergence:
+                    raise err
+                out.append(err)
+                continue
+            out.append(self._result(group, final, i, seconds))
+        return out
+
+    def _result(self, group: InstanceGroup, final: dict[str, torch.Tensor], i: int, seconds: float
+                ) -> ReconstructionResult:
+        np32 = lambda t: t.detach().float().cpu().numpy().astype(np.float32)  # noqa: E731
+        light_raw = final["light_raw"][i, 0]
+        ka, kd = final["ka"][i, 0], final["kd"][i, 0]
+        result = ReconstructionResult(
+            canonical_depth=np32(final["depth"][i, 0]),
+            view_depth=np32(final["view_depth"][i, 0]),
+            albedo=np32((final["albedo"][i, 0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0)),
+            normal=np32(final["normal"][i, 0]),
+            shading=np32(final["diffuse"][i, 0]),
+            light=np.array([float(ka), float(kd), float(light_raw[2]), float(light_raw[3])], dtype=np.float32),
+            view=np32(final["view"][i, 0]),
+            valid_mask=final["valid"][i, 0, 0].detach().cpu().numpy() > 0.5,
+            image=np32((group.images[i, 0] / 2 + 0.5).permute(1, 2, 0)),
+            reconstruction=np32((final["recon"][i, 0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0)),
+            loss_history=group.history[i],
+            final_losses=group.final_losses[i],
+            iterations={k: v for k, v in group.iterations.items()},
+            step_seconds={k: v for k, v in group.seconds.items()},
+            seconds=seconds,
+            device=str(self.device),
+            preset=self.preset_name,
+            config_hash=self.config_hash,
+            seed=group.instances[i].seed,
+            extras={"batched_with": group.k, "recon_version": __version__},
+        )
+        for arr in (result.canonical_depth, result.view_depth, result.albedo, result.light, result.view):
+            if not np.isfinite(arr).all():
+                raise DivergenceError("the reconstruction holds non-finite values")
+        return result

@@ -1,0 +1,214 @@
+"""The per-image method end to end on a tiny StyleGAN2, plus its building blocks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
+from recon import DivergenceError, InputError, Reconstructor
+from recon.bundle import BundleError, load_bundle
+from recon.engine import NETWORKS, STEP_NETWORKS, InstanceGroup
+from recon.latent import LatentProjector, mapping_split_index
+
+FAST = {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return str(write_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle")))
+
+
+@pytest.fixture(scope="module")
+def rec(bundle):
+    return Reconstructor(bundle, "synface", overrides=FAST)
+
+
+def _sample(rec, seed=0):
+    g = rec.gan.generator
+    with torch.no_grad():
+        w = g.get_latent(torch.randn(1, TINY_STYLE_DIM, generator=torch.Generator().manual_seed(seed)))
+        img, _ = g([w], input_is_latent=True, randomize_noise=False)
+    img8 = ((img[0].clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    return img8, w[0].numpy()
+
+
+def test_mapping_split_reference_off_by_one_and_exact_fix():
+    # reference: F1_d = 2 leaves 3 linears in the tail (index 6 of [PixelNorm, FC1..FC8])
+    assert mapping_split_index(8, 2, "reference") == 6
+    assert mapping_split_index(8, 2, "exact") == 7
+    # F1_d = 8: the tail is the whole mapping, pixel norm included
+    assert mapping_split_index(8, 8, "reference") == 0
+    assert mapping_split_index(8, 8, "exact") == 1
+
+
+@pytest.mark.parametrize("f1_d, mode", [(2, "reference"), (8, "reference"), (2, "exact")])
+def test_latent_offset_is_exactly_zero_for_zero_encoder_output(f1_d, mode):
+    gen = tiny_stylegan2().generator
+    proj = LatentProjector(gen, f1_d, mode)
+    zero = proj.offset(torch.zeros(3, TINY_STYLE_DIM))
+    assert torch.equal(zero, torch.zeros_like(zero))
+    moved = proj.offset(torch.randn(3, TINY_STYLE_DIM))
+    assert moved.abs().max() > 0
+    # the tail applies exactly the modules from the split on
+    h = proj.center_h + torch.ones(1, TINY_STYLE_DIM)
+    manual = h
+    for module in list(gen.style)[proj.split:]:
+        manual = module(manual)
+    assert torch.allclose(proj.offset(torch.ones(1, TINY_STYLE_DIM)), manual - proj.center_w)
+
+
+def test_each_step_trains_only_its_networks(rec):
+    img, w = _sample(rec)
+    group = InstanceGroup(rec, [rec.validate(img, w, seed=1)])
+
+    def snapshot():
+        return {n: {k: v.detach().clone() for k, v in group.nets[n].params.items()} for n in NETWORKS}
+
+    for step, run in (("prior", group.fit_prior), ("step1", lambda: group.step1(0)),
+                      ("step2", lambda: group.step2(0)), ("step3", lambda: (group.collect(), group.step3(0)))):
+        before = snapshot()
+        run()
+        after = snapshot()
+        for name in NETWORKS:
+            same = all(torch.equal(before[name][k], after[name][k]) for k in before[name])
+            if name in STEP_NETWORKS[step]:
+                assert not same, f"{step} should train {name}"
+            else:
+                assert same, f"{step} changed {name}, which must stay frozen"
+    # the GAN itself never changes
+    assert all(not p.requires_grad for p in rec.gan.generator.parameters())
+
+
+def test_full_reconstruction_is_finite_in_range_and_deterministic(rec):
+    img, w = _sample(rec, seed=4)
+    a = rec.reconstruct(img, w, seed=11)
+    b = rec.reconstruct(img, w, seed=11)
+    s = rec.image_size
+    assert a.canonical_depth.shape == (s, s) and a.view_depth.shape == (s, s)
+    assert a.albedo.shape == (s, s, 3) and a.normal.shape == (s, s, 3) and a.shading.shape == (s, s)
+    assert a.light.shape == (4,) and a.view.shape == (6,) and a.valid_mask.dtype == bool
+    assert 0.9 < a.canonical_depth.min() and a.canonical_depth.max() < 1.1
+    assert 0.8 <= a.view_depth.min() and a.view_depth.max() <= 1.2
+    assert a.albedo.min() >= 0 and a.albedo.max() <= 1
+    for arr in (a.canonical_depth, a.view_depth, a.albedo, a.normal, a.light, a.view):
+        assert np.isfinite(arr).all()
+    cfg = rec.config
+    assert a.iterations == {"prior": cfg.prior_fit_iters, **cfg.total_iterations()}
+    assert set(a.step_seconds) >= {"step1", "step2", "step3", "collect"}
+    assert len(a.loss_history["step2"]) == cfg.total_iterations()["step2"]
+    for field in ("canonical_depth", "view_depth", "albedo", "normal", "light", "view"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    c = rec.reconstruct(img, w, seed=12)
+    assert not np.array_equal(a.canonical_depth, c.canonical_depth)  # the seed drives the sampling
+
+
+def test_optimisation_changes_the_prior_depth(bundle):
+    """More iterations move the networks: the final depth differs from the fitted prior alone."""
+    rec = Reconstructor(bundle, "synface", overrides={**FAST, "fast": 0.02})
+    img, w = _sample(rec, seed=2)
+    res = rec.reconstruct(img, w, seed=0)
+    assert res.loss_history["step2"][0] != res.loss_history["step2"][-1]
+    assert res.loss_history["prior"][-1] < res.loss_history["prior"][0]
+
+
+@pytest.mark.parametrize("latent, message", [
+    (np.zeros(TINY_STYLE_DIM + 1, np.float32), "latent must be a W code of 32 values"),
+    (np.zeros((12, TINY_STYLE_DIM), np.float32), "not W\\+"),
+    (np.full(TINY_STYLE_DIM, np.nan, np.float32), "NaN"),
+])
+def test_bad_latents_are_clear_errors(rec, latent, message):
+    img, _ = _sample(rec)
+    with pytest.raises(InputError, match=message):
+        rec.reconstruct(img, latent)
+
+
+def test_bad_images_and_masks_are_clear_errors(rec):
+    img, w = _sample(rec)
+    with pytest.raises(InputError, match="uint8"):
+        rec.reconstruct(img.astype(np.float32), w)
+    with pytest.raises(InputError, match="square"):
+        rec.reconstruct(img[:, :40], w)
+    with pytest.raises(InputError, match="mask shape"):
+        rec.reconstruct(img, w, mask=np.ones((10, 10), np.float32))
+
+
+def test_missing_lpips_weights_fail_at_start_up(bundle):
+    with pytest.raises(ValueError, match="names no LPIPS weights.*vgg16"):
+        Reconstructor(bundle, "synface", overrides={**TINY_SCHEDULE, "crop": None})
+
+
+def test_mask_presets_need_a_mask(bundle):
+    rec = Reconstructor(bundle, "car", overrides={**FAST, "image_size": 64})
+    img, w = _sample(rec)
+    with pytest.raises(InputError, match="needs an object mask"):
+        rec.reconstruct(img, w)
+    res = rec.reconstruct(img, w, mask=np.ones((64, 64), np.float32), seed=1)
+    assert np.isfinite(res.canonical_depth).all()
+
+
+def test_divergence_is_reported_not_returned(bundle):
+    rec = Reconstructor(bundle, "synface", overrides={**FAST, "lr": 1e30})
+    img, w = _sample(rec)
+    with pytest.raises(DivergenceError, match="loss became"):
+        rec.reconstruct(img, w)
+
+
+def test_bundle_errors_are_clear(tmp_path):
+    (tmp_path / "b.yaml").write_text("stylegan2: g.pt\nview_mvn: {mean: [0, 0], cov: [[1, 0], [0, 1]]}\nlight_mvn: x.pth\n")
+    with pytest.raises(BundleError, match="view_mvn must have mean \\(6,\\)"):
+        load_bundle(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("stylegan2: g.pt\nview_mvm: {}\n")
+    with pytest.raises(BundleError, match="unknown keys \\['view_mvm'\\]"):
+        load_bundle(tmp_path / "c.yaml")
+    with pytest.raises(BundleError, match="cannot read model bundle"):
+        load_bundle(tmp_path / "missing.yaml")
+
+
+def test_view_light_gaussians_load_to_cpu_from_files(tmp_path):
+    torch.save({"mean": torch.zeros(6), "cov": torch.eye(6)}, tmp_path / "v.pth")
+    torch.save({"mean": torch.zeros(4), "cov": torch.eye(4)}, tmp_path / "l.pth")
+    (tmp_path / "b.yaml").write_text("stylegan2: g.pt\nview_mvn: v.pth\nlight_mvn: l.pth\n")
+    b = load_bundle(tmp_path / "b.yaml")
+    assert b.view_mvn.mean.device.type == "cpu" and b.stylegan2 == str(tmp_path / "g.pt")
+
+
+def test_joint_pretraining_writes_weights_that_instance_runs_start_from(bundle, tmp_path):
+    from recon.bundle import write_bundle
+    from recon.joint import pretrain
+
+    joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "fast": 0.0005})
+    items = []
+    for seed in range(3):
+        img, w = _sample(joint, seed)
+        items.append({"image": img, "latent": w})
+    ckpt = pretrain(joint, items, tmp_path / "pre.pth")
+    states = torch.load(ckpt, weights_only=True)
+    assert set(states) == set(NETWORKS)
+    # a bundle naming it: instance runs start from these weights and skip the prior fit
+    manifest = load_bundle(bundle).raw
+    manifest = {**manifest, "stylegan2": load_bundle(bundle).stylegan2, "pretrained": str(ckpt)}
+    path = write_bundle(tmp_path / "with_pre.yaml", manifest)
+    rec = Reconstructor(str(path), "synface", overrides=FAST)
+    for name in NETWORKS:
+        for k, v in rec.initial_state[name].items():
+            assert torch.equal(v, states[name][k])
+    img, w = items[0]["image"], items[0]["latent"]
+    res = rec.reconstruct(img, w)
+    assert "prior" not in res.iterations
+    with pytest.raises(ValueError, match="not a joint"):
+        pretrain(rec, items, tmp_path / "x.pth")
+
+
+def test_contact_sheet_is_written(rec, tmp_path):
+    from PIL import Image
+
+    from recon.visualize import save_contact_sheet
+
+    img, w = _sample(rec, seed=5)
+    res = rec.reconstruct(img, w)
+    path = save_contact_sheet(res, rec.renderer, tmp_path / "sheet.png", title="tiny")
+    sheet = np.asarray(Image.open(path))
+    assert sheet.shape == (3 * 128 + 16, 7 * 128, 3)
+    # the rows are not blank: rotations and relit views vary across the row
+    assert sheet[16 + 128:16 + 256].std() > 5 and sheet[16 + 256:].std() > 5
