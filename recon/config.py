@@ -29,6 +29,7 @@ CHOICES = {
     "mapping_tail": ("reference", "exact"),
     "pseudo_light_strength": ("last_image", "per_image"),
     "renderer": ("torch", "neural_renderer"),
+    "network_batching": ("auto", "vmap", "loop"),
 }
 
 
@@ -72,6 +73,7 @@ class GAN2ShapeConfig:
     fov: float = 10.0
     lr: float = 1e-4
     weight_decay: float = 5e-4
+    lr_warmup: int = 0
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_regular: float = 0.01
@@ -79,6 +81,7 @@ class GAN2ShapeConfig:
     add_mean_L: bool = True
     truncation: float = 1.0
     renderer: str = "torch"
+    network_batching: str = "auto"
     fast: float = 1.0
     default_mask_box: list = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
     border_weight: float = 1.02

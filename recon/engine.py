@@ -65,24 +65,25 @@ class InstanceGroup:
         self.instances = instances
         self.on_progress = on_progress
         dev = self.device
+        self.dtype = dt = rec.dtype
 
-        self.images = torch.stack([prepare_input(i.image, cfg.crop, s) for i in instances]).to(dev)  # (K,1,3,S,S)
+        self.images = torch.stack([prepare_input(i.image, cfg.crop, s) for i in instances]).to(dev, dt)  # (K,1,3,S,S)
         masks = []
         for inst in instances:
             if inst.mask is not None:
                 masks.append(prepare_input(inst.mask, cfg.crop, s))
             else:
                 masks.append(default_box_mask(s, cfg.default_mask_box)[None, None])
-        self.masks = torch.stack(masks).to(dev)  # (K,1,1,S,S)
-        self.latents = torch.stack([i.latent for i in instances]).to(dev)[:, None]  # (K,1,D)
+        self.masks = torch.stack(masks).to(dev, dt)  # (K,1,1,S,S)
+        self.latents = torch.stack([i.latent for i in instances]).to(dev, dt)[:, None]  # (K,1,D)
         self.generators = [torch.Generator().manual_seed(int(i.seed)) for i in instances]
-        self.view_mean = rec.bundle.view_mvn.mean.to(dev)
-        self.light_mean = rec.bundle.light_mvn.mean.to(dev)
+        self.view_mean = rec.bundle.view_mvn.mean.to(dev, dt)
+        self.light_mean = rec.bundle.light_mvn.mean.to(dev, dt)
 
         with torch.no_grad():
             self.gan_images = self.generate(self.latents.reshape(self.k, -1), per_instance=1)  # (K,1,3,S,S)
 
-        self.nets = {name: StackedNetwork(rec.networks[name], self.k) for name in NETWORKS}
+        self.nets = {name: StackedNetwork(rec.networks[name], self.k, cfg.network_batching) for name in NETWORKS}
         for name in NETWORKS:
             self.nets[name].load_state(rec.initial_state[name])
 
@@ -228,10 +229,10 @@ class InstanceGroup:
             d, rho = sample_lights(cfg.rand_light, n, g)
             dirs.append(d)
             rhos.append(rho)
-        view = view_from_network(torch.stack(views).to(dev).reshape(k * n, 6), cfg.xyz_rotation_range,
+        view = view_from_network(torch.stack(views).to(dev, self.dtype).reshape(k * n, 6), cfg.xyz_rotation_range,
                                  cfg.xy_translation_range, cfg.z_translation_range)
-        ldir = torch.stack(dirs).to(dev)  # (K,n,3)
-        rho = torch.stack(rhos).to(dev)  # (K,n)
+        ldir = torch.stack(dirs).to(dev, self.dtype)  # (K,n,3)
+        rho = torch.stack(rhos).to(dev, self.dtype)  # (K,n)
         alpha = float(cfg.rand_light[6])
         ka, kd = c["ka"], c["kd"]
         if cfg.joint_train and cfg.pseudo_light_strength == "last_image" and getattr(self, "joint_last_light", None):
@@ -249,7 +250,7 @@ class InstanceGroup:
         if self.canon_mask is not None:
             src = self.canon_mask[:, None].expand(k, n, 1, 1, s, s).reshape(k * n, 1, s, s)
         else:
-            src = torch.ones(k * n, 1, s, s, device=dev)
+            src = torch.ones(k * n, 1, s, s, device=dev, dtype=self.dtype)
         masks = F.grid_sample(src, grid, mode="nearest", align_corners=True)
         return images.reshape(k, n, 3, s, s), masks.reshape(k, n, 1, s, s)
 
@@ -352,6 +353,8 @@ class InstanceGroup:
         if iters <= 0:
             return
         opt = self.optimizer(step)
+        warmup = self.cfg.lr_warmup
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup)) if warmup > 0 else None
         for name in NETWORKS:
             self.nets[name].set_requires_grad(name in STEP_NETWORKS[step])
         start = time.perf_counter()
@@ -366,6 +369,8 @@ class InstanceGroup:
             for name in STEP_NETWORKS[step]:
                 self.nets[name].zero_grad_instances(bad)  # a diverged instance stops; the others go on
             opt.step()
+            if sched is not None:
+                sched.step()
             if self.on_progress is not None:
                 self.on_progress(step, it + 1, iters, self.k)
         self.iterations[step] = self.iterations.get(step, 0) + iters
@@ -377,7 +382,7 @@ class InstanceGroup:
         targets = torch.stack([
             ellipsoid_prior(self.masks[i, 0, 0].cpu(), cfg.category, cfg.prior_near, cfg.prior_far, cfg.ellipsoid_center)
             for i in range(self.k)
-        ]).to(self.device)[:, None]  # (K,1,S,S)
+        ]).to(self.device, self.dtype)[:, None]  # (K,1,S,S)
 
         def loss():
             depth = self.depth_from_raw(self.nets["netD"](self.images))

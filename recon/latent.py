@@ -25,9 +25,9 @@ class LatentProjector:
     def __init__(self, generator: Generator, f1_d: int, mode: str = "reference"):
         self.generator = generator
         self.split = mapping_split_index(generator.n_mlp, f1_d, mode)
-        dev = next(generator.parameters()).device
+        ref = next(generator.parameters())
         with torch.no_grad():
-            zero = torch.zeros(1, generator.style_dim, device=dev)
+            zero = torch.zeros(1, generator.style_dim, device=ref.device, dtype=ref.dtype)
             self.center_h = generator.style_forward(zero, depth=self.split)
             self.center_w = generator.style_forward(zero)
 

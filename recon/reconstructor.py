@@ -54,14 +54,20 @@ class Reconstructor:
         overrides: Mapping[str, Any] | None = None,
         storage_options: Mapping[str, Any] | None = None,
         config: GAN2ShapeConfig | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
         self.device = resolve_device(device)
+        #: float32 for use; float64 lets tests compare batched and separate runs without rounding noise.
+        self.dtype = dtype
         self.config = config if config is not None else load_config(preset, overrides)
         self.preset_name = self.config.name
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle, storage_options)
         cfg = self.config
 
         self.gan = load_gan(self.bundle.stylegan2, self.device, storage_options=storage_options)
+        self.gan.generator.to(dtype)
+        if self.gan.discriminator is not None:
+            self.gan.discriminator.to(dtype)
         if self.gan.discriminator is None:
             raise ValueError(f"{self.bundle.stylegan2}: the checkpoint has no discriminator ('d'); "
                              "GAN2Shape's step-2 loss compares discriminator features")
@@ -74,10 +80,10 @@ class Reconstructor:
         self.truncation_latent = None
         if cfg.truncation < 1:
             if self.gan.latent_avg is not None:
-                self.truncation_latent = self.gan.latent_avg[None].to(self.device)
+                self.truncation_latent = self.gan.latent_avg[None].to(self.device, dtype)
             else:
                 with torch.no_grad():
-                    self.truncation_latent = self.gan.generator.mean_latent(4096, torch.Generator(self.device).manual_seed(0))
+                    self.truncation_latent = self.gan.generator.mean_latent(4096, torch.Generator(self.device).manual_seed(0)).to(dtype)
 
         self.lpips = None
         if cfg.lam_perc > 0:
@@ -90,7 +96,7 @@ class Reconstructor:
             from .lpips import LPIPS
 
             self.lpips = LPIPS.from_files(self.bundle.lpips_vgg16, self.bundle.lpips_heads, device=self.device,
-                                          storage_options=storage_options)
+                                          storage_options=storage_options).to(dtype)
 
         self.renderer = DepthRenderer(cfg.image_size, fov=cfg.fov, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
                                       rot_center_depth=cfg.rot_center_depth, backend=cfg.renderer, device=self.device)
@@ -100,7 +106,7 @@ class Reconstructor:
             torch.manual_seed(INIT_SEED)  # construction-time weights are the same in every process
             nets = build_networks(cfg.image_size, latent_dim=self.latent_dim,
                                   shortcut_sees_relu=cfg.encoder_shortcut_relu)
-        self.networks = {name: nets[name].to(self.device) for name in NETWORKS}
+        self.networks = {name: nets[name].to(self.device, dtype) for name in NETWORKS}
         self.pretrained = self.bundle.pretrained
         if self.pretrained:
             states = load_pretrained_networks(self.pretrained, storage_options)

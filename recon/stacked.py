@@ -17,7 +17,13 @@ from torch.func import functional_call, vmap
 
 
 class StackedNetwork:
-    def __init__(self, module: nn.Module, k: int):
+    """``mode``: "vmap" (one batched call), "loop" (one call per instance on slices of the
+    stacked weights: same numbers as separate runs, and faster than vmap on CPU, where
+    vmap's batched convolutions measured 0.5-0.7x of a loop), or "auto" (vmap on CUDA)."""
+
+    def __init__(self, module: nn.Module, k: int, mode: str = "auto"):
+        if mode not in ("auto", "vmap", "loop"):
+            raise ValueError(f"mode must be auto, vmap or loop, got {mode!r}")
         self.k = k
         self.module = copy.deepcopy(module)
         self.names = [n for n, _ in self.module.named_parameters()]
@@ -30,12 +36,19 @@ class StackedNetwork:
         def one(params, buffers, x):
             return functional_call(self.module, (params, buffers), (x,))
 
+        self._one = one
         self._batched = vmap(one)
+        device = next(iter(self.params.values())).device if self.params else torch.device("cpu")
+        self.mode = ("vmap" if device.type == "cuda" else "loop") if mode == "auto" else mode
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.k:
             raise ValueError(f"expected a leading instance axis of {self.k}, got {tuple(x.shape)}")
-        return self._batched(self.params, self.buffers, x)
+        if self.mode == "vmap":
+            return self._batched(self.params, self.buffers, x)
+        outs = [self._one({n: p[i] for n, p in self.params.items()}, {n: b[i] for n, b in self.buffers.items()}, x[i])
+                for i in range(self.k)]
+        return torch.stack(outs)
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
