@@ -38,7 +38,7 @@ def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
             raise ValueError(f"image must be (H, W, 3) uint8, got shape {arr.shape}")
         if arr.dtype != np.uint8:
             raise ValueError(f"numpy images must be uint8 (H, W, 3), got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1).float() / 255.0 * 2 - 1
+        t = torch.from_numpy(np.array(arr[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0 * 2 - 1
         return t.unsqueeze(0)
     if isinstance(image, torch.Tensor):
         t = image.detach().float()
