@@ -89,6 +89,12 @@ class GAN2ShapeConfig:
     mapping_tail: str = "reference"
     encoder_shortcut_relu: bool = True
     pseudo_light_strength: str = "last_image"
+    invert_steps: int = 1000
+    invert_lr: float = 0.1
+    invert_l1: float = 1.0
+    invert_patience: int = 100
+    invert_tol: float = 1e-3
+    invert_warn_distance: float = 0.3
 
     # --- derived values ------------------------------------------------------
     @property

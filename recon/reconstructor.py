@@ -21,7 +21,7 @@ from .bundle import ModelBundle, load_bundle, load_pretrained_networks
 from .config import GAN2ShapeConfig, load_config
 from .engine import NETWORKS, Instance, InstanceGroup
 from .errors import DivergenceError, InputError
-from .imaging import image_to_tensor, mask_to_tensor
+from .imaging import image_to_tensor, mask_to_tensor, prepare_input
 from .latent import LatentProjector
 from .networks import build_networks
 from .renderer import DepthRenderer
@@ -198,6 +198,35 @@ class Reconstructor:
             for (i, _), out in zip(chunk, outs):
                 results[i] = out
         return results  # type: ignore[return-value]
+
+    def invert(self, images: Sequence[Any], seed: int = 0) -> "InversionResult":
+        """W latents for images that have none (see :mod:`recon.inversion`), all optimised together.
+
+        Images may have any (square) size; they are brought to ``image_size`` like
+        inputs of :meth:`reconstruct`. Images of different original sizes are
+        inverted in separate groups (the GAN output is cropped from the original's size).
+        """
+        from .inversion import InversionResult, InversionSettings, invert
+
+        cfg = self.config
+        settings = InversionSettings(steps=cfg.scaled(cfg.invert_steps), lr=cfg.invert_lr, l1=cfg.invert_l1,
+                                     patience=cfg.invert_patience, tol=cfg.invert_tol)
+        tensors = []
+        for image in images:
+            inst = self.validate(image, np.zeros(self.latent_dim, np.float32))
+            tensors.append(inst.image)
+        sizes = sorted({int(t.shape[-1]) for t in tensors})
+        latents = torch.zeros(len(tensors), self.latent_dim)
+        dist, start = torch.zeros(len(tensors)), torch.zeros(len(tensors))
+        steps, metric = 0, ""
+        for size in sizes:
+            idx = [i for i, t in enumerate(tensors) if t.shape[-1] == size]
+            targets = torch.cat([prepare_input(tensors[i], cfg.crop, cfg.image_size) for i in idx])
+            res = invert(self.gan, targets, image_size=cfg.image_size, crop=cfg.crop, origin_size=size,
+                         lpips=self.lpips, settings=settings, seed=seed)
+            latents[idx], dist[idx], start[idx] = res.latents, res.distance, res.start_distance
+            steps, metric = max(steps, res.steps), res.metric
+        return InversionResult(latents=latents, distance=dist, start_distance=start, steps=steps, metric=metric)
 
     def suggest_batch_size(self) -> int:
         """How many instances to train together: from free GPU memory, or 1 on the CPU."""
