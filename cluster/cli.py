@@ -53,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rows an actor optimizes together (reconstruct_many)")
     run.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs reserved per actor (default 1)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="method config override (repeatable), e.g. --set step1_iters=10")
+                     help="method config override (repeatable), e.g. --set fast=0.05")
     run.add_argument("--renderer", choices=("torch", "neural_renderer"), default=None,
                      help="differentiable renderer backend (becomes the 'renderer' override)")
+    run.add_argument("--invert", choices=("auto", "only"), default="auto",
+                     help="auto: rows without a latent (column absent, null or empty) are inverted into W first; "
+                          "only: write the latents (inverted or given) without reconstructing")
     run.add_argument("--seed", type=int, default=0, help="run seed; per-row seeds derive from it and the id")
     run.add_argument("--max-attempts", type=int, default=3,
                      help="a row whose worker died this many times becomes an error row")
@@ -103,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         rows_per_shard=args.rows_per_shard,
         progress_interval_s=args.progress_interval,
         no_progress_timeout_s=args.no_progress_timeout,
+        invert=args.invert,
     )
 
 

@@ -63,6 +63,8 @@ class JobConfig:
     progress_interval_s: float = 30.0
     #: Ray Data's no-progress guard; -1 disables it (ray_pipeline.md §1.6, pitfall 1).
     no_progress_timeout_s: float = -1
+    #: "auto": invert rows without a latent, then reconstruct; "only": write latents, no reconstruction.
+    invert: str = "auto"
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):

@@ -47,6 +47,7 @@ def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: s
         "recon_version": recon_version,
         "schema_version": SCHEMA_VERSION,
         "reconstructor": cfg.reconstructor,
+        "invert": cfg.invert,
     }
     blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return RunFingerprint(hashlib.sha256(blob).hexdigest()[:16], fields)

@@ -92,6 +92,8 @@ class ColumnKinds:
 
     image_is_struct: bool
     mask_is_struct: bool
+    #: False when no input file has the latent column: every row is inverted first (issue 8).
+    has_latent: bool = True
 
     @property
     def needs_file_paths(self) -> bool:
@@ -128,7 +130,11 @@ def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
         except Exception as exc:
             raise InputError(f"{url} is not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
         names = schema.names
-        wanted = [("id", columns.id), ("image", columns.image), ("latent", columns.latent)]
+        has_latent = columns.latent in names
+        if kinds is not None and has_latent != kinds.has_latent:
+            raise InputError(f"{url} {'has' if has_latent else 'lacks'} the latent column {columns.latent!r} but "
+                             "other input files do not; give every file the column (nulls are inverted) or none")
+        wanted = [("id", columns.id), ("image", columns.image)]
         if columns.mask:
             wanted.append(("mask", columns.mask))
         missing = [f"--{role}-column {name!r}" for role, name in wanted if name not in names]
@@ -150,7 +156,7 @@ def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
                     f"mask column {columns.mask!r} in {url} has type {schema.field(columns.mask).type}; "
                     "expected encoded grayscale image bytes or the Hugging Face image struct<bytes, path>"
                 )
-        latent_type = schema.field(columns.latent).type
+        latent_type = schema.field(columns.latent).type if has_latent else pa.list_(pa.float32())
         if not _is_latent_type(latent_type):
             raise InputError(
                 f"latent column {columns.latent!r} in {url} has type {latent_type}; "
@@ -160,9 +166,9 @@ def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
         if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
                 or pa.types.is_integer(id_type) or pa.types.is_binary(id_type)):
             raise InputError(f"id column {columns.id!r} in {url} has type {id_type}; expected strings or integers")
-        this = ColumnKinds(image_is_struct=image_struct, mask_is_struct=mask_struct)
+        this = ColumnKinds(image_is_struct=image_struct, mask_is_struct=mask_struct, has_latent=has_latent)
         kinds = this if kinds is None else ColumnKinds(kinds.image_is_struct or image_struct,
-                                                       kinds.mask_is_struct or mask_struct)
+                                                       kinds.mask_is_struct or mask_struct, has_latent)
     assert kinds is not None
     if kinds.needs_file_paths and "path" in {columns.id, columns.image, columns.latent, columns.mask}:
         raise InputError("a configured column is named 'path', which the reader needs for image paths; rename it")

@@ -124,6 +124,8 @@ def preflight(cfg: JobConfig) -> Preflight:
     cfg.validate()
     inputs = resolve_input(cfg.input, cfg.storage_options)
     kinds = check_columns(inputs, cfg.columns)
+    if not kinds.has_latent:
+        log.info("no latent column %r in the input: every row is inverted into W first", cfg.columns.latent)
     scanned = scan_ids(inputs, cfg.columns.id)
     bundle = _read_bundle(cfg)
     try:
@@ -226,7 +228,8 @@ def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num
         include_paths=pre.kinds.needs_file_paths,
     )
     # Projection is pushed into the reader: other columns are never read.
-    ds = ds.select_columns(cfg.columns.read_list() + (["path"] if pre.kinds.needs_file_paths else []))
+    read = [c for c in cfg.columns.read_list() if pre.kinds.has_latent or c != cfg.columns.latent]
+    ds = ds.select_columns(read + (["path"] if pre.kinds.needs_file_paths else []))
     if plan.needs_filter:
         ds = ds.filter(expr=col(cfg.columns.id).is_in(plan.todo_ids()))
     # Small files arrive as one block; one block per K rows spreads them (pitfall 2).
@@ -385,6 +388,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             output_url=pre.store.url, columns=cfg.columns, input_protocol=pre.inputs.protocol,
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
+            invert=cfg.invert,
         )
         log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",
                  pre.plan.todo, num_actors, device, cpus_per_actor, cfg.instances_per_actor)

@@ -22,6 +22,7 @@ __all__ = [
     "RowContext",
     "ResultError",
     "error_table",
+    "latent_table",
     "output_schema",
     "result_table",
     "table_to_parquet_bytes",
@@ -30,7 +31,7 @@ __all__ = [
 
 #: Bumped whenever a column is added, removed or changes meaning; part of the
 #: run fingerprint so old and new layouts never mix in one output folder.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PARQUET_COMPRESSION = "zstd"
 
@@ -70,6 +71,10 @@ def output_schema(image_size: int) -> pa.Schema:
             pa.field("normal", _tensor_type(pa.float32(), [h, w, 3])),
             pa.field("light", pa.list_(pa.float32(), 4)),
             pa.field("view", pa.list_(pa.float32(), 6)),
+            pa.field("latent_source", pa.string()),
+            pa.field("inverted_latent", pa.list_(pa.float32())),
+            pa.field("inversion_distance", pa.float64()),
+            pa.field("warning", pa.string()),
             pa.field("final_losses", pa.map_(pa.string(), pa.float64())),
             pa.field("iterations", pa.int64()),
             pa.field("seconds", pa.float64()),
@@ -133,7 +138,8 @@ def _provenance(ctx: RowContext) -> dict[str, Any]:
     }
 
 
-def result_table(image_id: str, result: Any, ctx: RowContext, *, attempts: int, seconds: float) -> pa.Table:
+def result_table(image_id: str, result: Any, ctx: RowContext, *, attempts: int, seconds: float,
+                 extra: Mapping[str, Any] | None = None) -> pa.Table:
     """One ``ok`` row from a :class:`recon.ReconstructionResult`.
 
     Raises :class:`ResultError` when an array has the wrong shape or holds NaN,
@@ -167,9 +173,19 @@ def result_table(image_id: str, result: Any, ctx: RowContext, *, attempts: int, 
         "iterations": int(result.total_iterations),
         "seconds": float(seconds),
         "attempts": int(attempts),
+        "latent_source": "input",
+        **dict(extra or {}),
         **_provenance(ctx),
     }
     return _row(output_schema(n), values)
+
+
+def latent_table(image_id: str, ctx: RowContext, *, attempts: int, seconds: float,
+                 extra: Mapping[str, Any]) -> pa.Table:
+    """One ``ok`` row of ``--invert only``: the latent columns, nulls in the reconstruction columns."""
+    values = {"image_id": image_id, "status": "ok", "error": None, "iterations": 0, "seconds": float(seconds),
+              "attempts": int(attempts), **dict(extra), **_provenance(ctx)}
+    return _row(output_schema(ctx.image_size), values)
 
 
 def error_table(image_id: str, message: str, ctx: RowContext, *, attempts: int, seconds: float) -> pa.Table:

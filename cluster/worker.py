@@ -27,13 +27,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import Columns
 from .decode import RowInputError, decode_image, decode_latent, decode_mask
 from .identity import id_to_str, row_seed
-from .schema import ResultError, RowContext, error_table, result_table, table_to_parquet_bytes
+from .schema import ResultError, RowContext, error_table, latent_table, result_table, table_to_parquet_bytes
 from .store import OutputStore
 
 __all__ = ["ReconstructionWorker", "WorkerSettings", "WorkerSetupError", "load_reconstructor_class",
@@ -98,6 +99,12 @@ class WorkerSettings:
     recon_version: str
     threads: int = 1
     tracker: Any = None  # ProgressTracker handle, or None
+    invert: str = "auto"  # "auto" | "only" (issue 8)
+
+
+def _latent_missing(value: Any) -> bool:
+    """A null or empty latent means: invert the image first (issue 8)."""
+    return value is None or (hasattr(value, "__len__") and len(value) == 0)
 
 
 def _is_divergence(exc: BaseException) -> bool:
@@ -192,7 +199,8 @@ class ReconstructionWorker:
                 continue
             pending.append((image_id, row, previous))
 
-        together = hasattr(self.rec, "reconstruct_many") and len(pending) > 1
+        together = (hasattr(self.rec, "reconstruct_many") and len(pending) > 1 and self.s.invert == "auto"
+                    and all(not _latent_missing(row.get(cols.latent)) for _, row, _ in pending))
         if together and all(prev == 0 for _, _, prev in pending):
             statuses.extend(self._run_together(pending))
         else:
@@ -215,7 +223,8 @@ class ReconstructionWorker:
         cols = self.s.columns
         base = self._base_url(row)
         image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options)
-        latent = decode_latent(row.get(cols.latent), self.latent_dim)
+        raw = row.get(cols.latent)
+        latent = None if _latent_missing(raw) else decode_latent(raw, self.latent_dim)
         mask = None
         if cols.mask:
             mask = decode_mask(row.get(cols.mask), image_shape=image.shape[:2], base_file_url=base,
@@ -249,13 +258,30 @@ class ReconstructionWorker:
         return self._status(image_id, row["status"], row["error"], row["seconds"] or 0.0,
                             row["attempts"] or 0, duplicate=True)
 
-    def _result_row(self, image_id: str, result: Any, attempts: int, seconds: float) -> dict[str, Any]:
+    def _result_row(self, image_id: str, result: Any, attempts: int, seconds: float,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             table = result_table(image_id, result, self.ctx, attempts=attempts,
-                                 seconds=float(getattr(result, "seconds", 0.0) or seconds))
+                                 seconds=float(getattr(result, "seconds", 0.0) or seconds), extra=extra)
         except ResultError as exc:
             return self._commit_error(image_id, str(exc), attempts=attempts, seconds=seconds)
         return self._commit(image_id, table, dict(getattr(result, "step_seconds", {}) or {}))
+
+    def _invert(self, inst: dict[str, Any]) -> dict[str, Any]:
+        """Invert the row's image into W (issue 8); returns the extra output columns."""
+        if not hasattr(self.rec, "invert"):
+            raise RowInputError("the row has no latent and this reconstructor cannot invert images")
+        res = self.rec.invert([inst["image"]], seed=inst["seed"])
+        latent = res.latents[0].numpy().astype(np.float32)
+        distance = float(res.distance[0])
+        inst["latent"] = latent
+        limit = float(getattr(getattr(self.rec, "config", None), "invert_warn_distance", float("inf")))
+        warning = None
+        if not np.isfinite(distance) or distance > limit:
+            warning = (f"inversion distance {distance:.3f} ({res.metric}) stays above {limit:g}: the GAN may not "
+                       "reproduce this image, so its 3D annotation is unreliable")
+        return {"latent_source": "inverted", "inverted_latent": latent.tolist(), "inversion_distance": distance,
+                "warning": warning}
 
     def _run_one(self, image_id: str, row: dict[str, Any], previous: int) -> dict[str, Any]:
         attempts = previous + 1
@@ -264,11 +290,19 @@ class ReconstructionWorker:
         t0 = time.monotonic()
         try:
             try:
-                result = self.rec.reconstruct(**self._instance(image_id, row))
+                inst = self._instance(image_id, row)
+                extra = self._invert(inst) if inst["latent"] is None else {"latent_source": "input"}
+                if self.s.invert == "only":
+                    if extra["latent_source"] == "input":
+                        extra["inverted_latent"] = None
+                    table = latent_table(image_id, self.ctx, attempts=attempts, seconds=time.monotonic() - t0,
+                                         extra=extra)
+                    return self._commit(image_id, table, None)
+                result = self.rec.reconstruct(**inst)
             except Exception as exc:
                 return self._commit_error(image_id, error_message(exc), attempts=attempts,
                                           seconds=time.monotonic() - t0)
-            return self._result_row(image_id, result, attempts, time.monotonic() - t0)
+            return self._result_row(image_id, result, attempts, time.monotonic() - t0, extra)
         finally:
             self._notify("finished", [image_id])
 

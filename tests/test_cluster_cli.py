@@ -73,10 +73,19 @@ def test_folder_without_parquet_fails_fast(setup):
 def test_missing_column_lists_the_columns_found(setup):
     tmp, bundle = setup
     cfg = job_config(str(tmp / "in"), str(tmp / "out"), bundle)
-    cfg.columns = type(cfg.columns)(latent="w")
-    _fails(cfg, r"lacks --latent-column 'w'; its columns are: image_id, image, latent")
+    cfg.columns = type(cfg.columns)(image="img")
+    _fails(cfg, r"lacks --image-column 'img'; its columns are: image_id, image, latent")
     cfg.columns = type(cfg.columns)(mask="mask")
     _fails(cfg, r"lacks --mask-column 'mask'")
+
+
+def test_absent_latent_column_means_inversion_not_an_error(setup):
+    from cluster.pipeline import preflight
+
+    tmp, bundle = setup
+    cfg = job_config(str(tmp / "in"), str(tmp / "out"), bundle)
+    cfg.columns = type(cfg.columns)(latent="w")
+    assert preflight(cfg).kinds.has_latent is False
 
 
 def test_unusable_column_types_fail_fast(tmp_path, setup):

@@ -88,3 +88,36 @@ def test_real_method_s3_in_and_out(tmp_path, s3_bucket):
     assert summary.complete and summary.ok == 2
     table = read_output(f"s3://{bucket}/recon", storage_options=storage)
     assert sorted(ids_of(table)) == ["g-0", "g-1"]
+
+
+def test_rows_without_latents_are_inverted_then_reconstructed(tmp_path):
+    bundle = str(write_tiny_bundle(tmp_path / "bundle"))
+    rows = _rows(2)
+    rows[1]["latent"] = None  # null: invert this one; row 0 keeps its given latent
+    write_dataset(str(tmp_path / "in"), rows, dim=TINY_STYLE_DIM)
+    overrides = {**OVERRIDES, "invert_steps": 10_000, "invert_warn_distance": 1e-9}  # fast scales to 40 steps
+    summary = run_job(job_config(str(tmp_path / "in"), str(tmp_path / "out"), bundle, reconstructor=REAL,
+                                 preset="synface", overrides=overrides))
+    assert summary.complete and summary.ok == 2
+    got = by_id(read_output(str(tmp_path / "out")))
+    assert got["g-0"]["latent_source"] == "input" and got["g-0"]["inverted_latent"] is None
+    inv = got["g-1"]
+    assert inv["latent_source"] == "inverted" and len(inv["inverted_latent"]) == TINY_STYLE_DIM
+    assert inv["inversion_distance"] > 0 and "stays above" in inv["warning"]  # flagged, not dropped
+    assert np.asarray(inv["canonical_depth"]).size == 64 * 64
+
+
+def test_invert_only_writes_latents_for_a_dataset_without_a_latent_column(tmp_path):
+    bundle = str(write_tiny_bundle(tmp_path / "bundle"))
+    rows = [{k: v for k, v in r.items() if k != "latent"} for r in _rows(2)]
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in" / "part.parquet")
+    summary = run_job(job_config(str(tmp_path / "in"), str(tmp_path / "out"), bundle, reconstructor=REAL,
+                                 preset="synface", overrides={**OVERRIDES, "invert_steps": 10_000}, invert="only"))
+    assert summary.complete and summary.ok == 2
+    for row in by_id(read_output(str(tmp_path / "out"))).values():
+        assert row["status"] == "ok" and row["latent_source"] == "inverted"
+        assert len(row["inverted_latent"]) == TINY_STYLE_DIM and row["canonical_depth"] is None
+        assert row["warning"] is None  # default threshold 0.3 on the discriminator-feature distance
