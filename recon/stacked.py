@@ -1,10 +1,20 @@
 """K independent copies of a network, trained together (one per instance).
 
 Each copy has its own weights; a forward maps inputs shaped (K, B, ...) to
-outputs (K, B, ...) with ``torch.func.vmap`` over ``functional_call``, so K
-per-image optimisations share kernel launches while staying mathematically
-separate. Adam and weight decay act element-wise, so one Adam over the stacked
-tensors equals K separate Adams.
+outputs (K, B, ...). Two ways to run them, chosen by ``mode``:
+
+* ``"vmap"``: weights stored stacked (K, ...) and evaluated with
+  ``torch.func.vmap`` over ``functional_call``: one batched kernel per layer,
+  what a GPU wants.
+* ``"loop"``: each instance keeps its own weight tensors and runs its own
+  forward. On CPU this is faster: vmap's batched convolutions measured
+  0.5-0.7x of a loop, and slicing a stacked tensor per instance would make
+  every backward allocate a zero-filled gradient of the whole stack (K times
+  per step, quadratic in K).
+* ``"auto"``: vmap on CUDA, loop elsewhere.
+
+Adam and weight decay act element-wise, so one Adam over all instances'
+tensors equals K separate Adams, whichever layout is used.
 """
 from __future__ import annotations
 
@@ -17,71 +27,76 @@ from torch.func import functional_call, vmap
 
 
 class StackedNetwork:
-    """``mode``: "vmap" (one batched call), "loop" (one call per instance on slices of the
-    stacked weights: same numbers as separate runs, and faster than vmap on CPU, where
-    vmap's batched convolutions measured 0.5-0.7x of a loop), or "auto" (vmap on CUDA)."""
-
     def __init__(self, module: nn.Module, k: int, mode: str = "auto"):
         if mode not in ("auto", "vmap", "loop"):
             raise ValueError(f"mode must be auto, vmap or loop, got {mode!r}")
         self.k = k
         self.module = copy.deepcopy(module)
-        self.names = [n for n, _ in self.module.named_parameters()]
-        self.buffer_names = [n for n, _ in self.module.named_buffers()]
-        self.params = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.ndim)).clone().requires_grad_(True)
-                       for n, p in self.module.named_parameters()}
-        self.buffers = {n: b.detach().unsqueeze(0).repeat(k, *([1] * b.ndim)).clone()
-                        for n, b in self.module.named_buffers()}
+        device = next(self.module.parameters()).device
+        self.mode = ("vmap" if device.type == "cuda" else "loop") if mode == "auto" else mode
+        named_p = dict(self.module.named_parameters())
+        named_b = dict(self.module.named_buffers())
+        if self.mode == "vmap":
+            self._stacked_p = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.ndim)).clone().requires_grad_(True)
+                               for n, p in named_p.items()}
+            self._stacked_b = {n: b.detach().unsqueeze(0).repeat(k, *([1] * b.ndim)).clone() for n, b in named_b.items()}
+        else:
+            self._each_p = [{n: p.detach().clone().requires_grad_(True) for n, p in named_p.items()} for _ in range(k)]
+            self._each_b = [{n: b.detach().clone() for n, b in named_b.items()} for _ in range(k)]
 
         def one(params, buffers, x):
             return functional_call(self.module, (params, buffers), (x,))
 
         self._one = one
         self._batched = vmap(one)
-        device = next(iter(self.params.values())).device if self.params else torch.device("cpu")
-        self.mode = ("vmap" if device.type == "cuda" else "loop") if mode == "auto" else mode
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.k:
             raise ValueError(f"expected a leading instance axis of {self.k}, got {tuple(x.shape)}")
         if self.mode == "vmap":
-            return self._batched(self.params, self.buffers, x)
-        outs = [self._one({n: p[i] for n, p in self.params.items()}, {n: b[i] for n, b in self.buffers.items()}, x[i])
-                for i in range(self.k)]
-        return torch.stack(outs)
+            return self._batched(self._stacked_p, self._stacked_b, x)
+        return torch.stack([self._one(self._each_p[i], self._each_b[i], x[i]) for i in range(self.k)])
 
+    # ------------------------------------------------------------------ weights
     def parameters(self) -> list[torch.Tensor]:
-        return list(self.params.values())
+        if self.mode == "vmap":
+            return list(self._stacked_p.values())
+        return [p for d in self._each_p for p in d.values()]
+
+    def _instance_tensors(self, i: int) -> dict[str, torch.Tensor]:
+        """Views of instance ``i``'s parameters and buffers (no copies)."""
+        if self.mode == "vmap":
+            return {**{n: t[i] for n, t in self._stacked_p.items()}, **{n: t[i] for n, t in self._stacked_b.items()}}
+        return {**self._each_p[i], **self._each_b[i]}
 
     def set_requires_grad(self, flag: bool) -> None:
-        for p in self.params.values():
+        for p in self.parameters():
             p.requires_grad_(flag)
 
     @torch.no_grad()
     def load_state(self, state: Mapping[str, torch.Tensor], instances: Iterable[int] | None = None) -> None:
         """Copy one state dict into the given instances (all by default)."""
-        idx = list(range(self.k)) if instances is None else list(instances)
-        for name, tensor in {**self.params, **self.buffers}.items():
-            if name not in state:
-                raise KeyError(f"state dict lacks {name}")
-            src = state[name].to(tensor.device, tensor.dtype)
-            if tuple(src.shape) != tuple(tensor.shape[1:]):
-                raise ValueError(f"{name}: shape {tuple(src.shape)} does not match {tuple(tensor.shape[1:])}")
-            for i in idx:
-                tensor[i].copy_(src)
+        for i in (range(self.k) if instances is None else instances):
+            for name, tensor in self._instance_tensors(i).items():
+                if name not in state:
+                    raise KeyError(f"state dict lacks {name}")
+                src = state[name]
+                if tuple(src.shape) != tuple(tensor.shape):
+                    raise ValueError(f"{name}: shape {tuple(src.shape)} does not match {tuple(tensor.shape)}")
+                tensor.copy_(src.to(tensor.device, tensor.dtype))
 
     def state_dict(self, instance: int) -> dict[str, torch.Tensor]:
-        """The weights of one instance, in the layout of the underlying module."""
-        out = {n: t[instance].detach().clone() for n, t in self.params.items()}
-        out.update({n: t[instance].detach().clone() for n, t in self.buffers.items()})
-        return out
+        """A copy of one instance's weights, in the layout of the underlying module."""
+        return {n: t.detach().clone() for n, t in self._instance_tensors(instance).items()}
 
     @torch.no_grad()
     def zero_grad_instances(self, instances: Iterable[int]) -> None:
         """Drop the gradients of some instances (e.g. ones that diverged) so they stop changing."""
-        idx = list(instances)
-        if not idx:
-            return
-        for p in self.params.values():
-            if p.grad is not None:
-                p.grad[idx] = 0
+        for i in instances:
+            for name, t in self._instance_tensors(i).items():
+                if self.mode == "vmap":
+                    g = self._stacked_p[name].grad if name in self._stacked_p else None
+                    if g is not None:
+                        g[i] = 0
+                elif t.grad is not None:
+                    t.grad.zero_()

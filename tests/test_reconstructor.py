@@ -63,7 +63,7 @@ def test_each_step_trains_only_its_networks(rec):
     group = InstanceGroup(rec, [rec.validate(img, w, seed=1)])
 
     def snapshot():
-        return {n: {k: v.detach().clone() for k, v in group.nets[n].params.items()} for n in NETWORKS}
+        return {n: group.nets[n].state_dict(0) for n in NETWORKS}
 
     for step, run in (("prior", group.fit_prior), ("step1", lambda: group.step1(0)),
                       ("step2", lambda: group.step2(0)), ("step3", lambda: (group.collect(), group.step3(0)))):
