@@ -201,6 +201,11 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if isinstance(current, float) or key == "border_depth":
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)

@@ -83,6 +83,16 @@ def test_overrides_from_command_line_strings_and_file(tmp_path):
     assert load_config("car").hash() == load_config("car").hash()
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads "1e-5" as a string; a user writing --set lr=1e-5 means a number.
+    assert load_config("car", parse_assignments(["lr=1e-5"])).lr == 1e-5
+    f = tmp_path / "mine.yaml"
+    f.write_text("lr: 3e-4\n")
+    assert load_config("car", override_file=f).lr == 3e-4
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        load_config("car", {"lr": "fast"})
+
+
 def test_preset_from_yaml_path(tmp_path):
     f = tmp_path / "mycat.yaml"
     f.write_text("category: cat\nimage_size: 64\nbatchsize: 2\n")
