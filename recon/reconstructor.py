@@ -19,6 +19,7 @@ import torch
 from . import __version__
 from .bundle import ModelBundle, load_bundle, load_pretrained_networks
 from .config import GAN2ShapeConfig, load_config
+from .cpu_memory import retain_freed_cpu_memory
 from .engine import NETWORKS, Instance, InstanceGroup
 from .errors import DivergenceError, InputError
 from .imaging import image_to_tensor, mask_to_tensor, prepare_input
@@ -57,6 +58,8 @@ class Reconstructor:
         dtype: torch.dtype = torch.float32,
     ):
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            retain_freed_cpu_memory()  # large activations would otherwise be mmap'd and zeroed every iteration
         #: float32 for use; float64 lets tests compare batched and separate runs without rounding noise.
         self.dtype = dtype
         self.config = config if config is not None else load_config(preset, overrides)
