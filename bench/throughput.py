@@ -6,7 +6,7 @@ run's own):
   (a) sequential: K calls of ``Reconstructor.reconstruct`` (the reference loop);
   (b) batched:    one ``Reconstructor.reconstruct_many(..., batch_size=K)``;
 
-and prints instances per hour, peak memory (process RSS on CPU, CUDA
+each ``--repeats`` times (a and b alternating), and prints the median instances per hour, peak memory (process RSS on CPU, CUDA
 allocator peak on GPU), and the quality of both on the ground-truth benchmark
 (SIDE/MAD of the same synthetic instances), so speed is never bought with
 accuracy. It also counts FLOPs per instance with torch.utils.flop_counter over
@@ -115,6 +115,20 @@ def flops_per_instance(args) -> dict:
     return {"per_iteration": per_iter, "iterations": counts, "total": total}
 
 
+def summarise(runs: list[dict], ks: list[int]) -> list[dict]:
+    """Per (K, mode): median instances/hour over repeats, the largest peak memory, mean SIDE and MAD."""
+    out = []
+    for k in ks:
+        for mode in ("a", "b"):
+            mine = [r for r in runs if r["k"] == k and r["mode"] == mode]
+            out.append({"k": k, "mode": mode, "repeats": len(mine),
+                        "instances_per_hour": statistics.median(r["instances_per_hour"] for r in mine),
+                        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in mine),
+                        "side": statistics.fmean(statistics.fmean(r["side"]) for r in mine),
+                        "mad": statistics.fmean(statistics.fmean(r["mad"]) for r in mine)})
+    return out
+
+
 def device_peak(device: str) -> dict:
     """Measured matmul rate, the practical peak to compare against."""
     dev = torch.device(device)
@@ -169,6 +183,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bundle-dir", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measurements per K and mode, alternating a and b; the table gives medians (default 3: "
+                        "single runs of the same code differed by up to 7%% on a 2-core CPU)")
     p.add_argument("--profile", action="store_true", help="also print a profile of one iteration per step")
     p.add_argument("--json", default="bench/results/throughput.json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -188,21 +205,25 @@ def main(argv=None) -> int:
     build_synthetic_bundle(Path(args.bundle_dir or cache_dir() / f"synthetic-{args.size}"), size=args.size)
     runs = []
     for k in args.ks:
-        for mode in ("a", "b"):
-            cmd = [sys.executable, __file__, *common, "--child", "--mode", mode, "--k", str(k)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"measurement {mode} K={k} failed")
-            runs.append(json.loads(line[7:]))
-            r = runs[-1]
-            print(f"K={k:3d} {'sequential' if mode == 'a' else 'batched   '}: {r['instances_per_hour']:8.1f} inst/h, "
-                  f"{r['seconds']:7.1f}s, peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB, "
-                  f"SIDE {statistics.fmean(r['side']):.3f}, MAD {statistics.fmean(r['mad']):.2f}", flush=True)
+        # a and b alternate within each repeat, so a slow spell of the machine hits both modes
+        for rep in range(args.repeats):
+            for mode in ("a", "b"):
+                cmd = [sys.executable, __file__, *common, "--child", "--mode", mode, "--k", str(k)]
+                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if line is None:
+                    print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"measurement {mode} K={k} failed")
+                runs.append({**json.loads(line[7:]), "repeat": rep})
+                r = runs[-1]
+                print(f"K={k:3d} {'sequential' if mode == 'a' else 'batched   '} #{rep}: "
+                      f"{r['instances_per_hour']:8.1f} inst/h, {r['seconds']:7.1f}s, "
+                      f"peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB, "
+                      f"SIDE {statistics.fmean(r['side']):.3f}, MAD {statistics.fmean(r['mad']):.2f}", flush=True)
+    summary = summarise(runs, args.ks)
     flops = flops_per_instance(args)
     peak = device_peak(args.device)
-    best = max(runs, key=lambda r: r["instances_per_hour"])
+    best = max(summary, key=lambda r: r["instances_per_hour"])
     achieved = flops["total"] * best["instances_per_hour"] / 3600
     report = {
         "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
@@ -210,21 +231,29 @@ def main(argv=None) -> int:
                     "device": args.device,
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "preset": args.preset, "size": args.size, "fast": 1.0 if args.full else args.fast, "set": args.set,
-        "runs": runs, "flops_per_instance": flops, "device_peak_flops": peak,
+        "repeats": args.repeats, "runs": runs, "summary": summary, "flops_per_instance": flops,
+        "device_peak_flops": peak,
         "best": {"mode": best["mode"], "k": best["k"], "instances_per_hour": best["instances_per_hour"],
                  "achieved_flops": achieved, "fraction_of_peak": achieved / max(peak.values())},
     }
+    print(f"\nmedian of {args.repeats} repeat(s):")
+    for r in summary:
+        print(f"K={r['k']:3d} {'sequential' if r['mode'] == 'a' else 'batched   '}: {r['instances_per_hour']:8.1f} inst/h, "
+              f"peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB, SIDE {r['side']:.3f}, MAD {r['mad']:.2f}")
     print(f"\nFLOPs per instance: {flops['total'] / 1e12:.2f} TFLOP "
           f"(per iteration, GFLOP: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops["per_iteration"].items()) + ")")
     print(f"device peak (measured matmul): " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peak.items()))
     print(f"best: {'batched' if best['mode'] == 'b' else 'sequential'} K={best['k']}: {best['instances_per_hour']:.1f} "
           f"inst/h = {achieved / 1e9:.1f} GFLOP/s achieved, {100 * report['best']['fraction_of_peak']:.1f}% of peak")
     for k in args.ks:
-        a = next(r for r in runs if r["k"] == k and r["mode"] == "a")
-        b = next(r for r in runs if r["k"] == k and r["mode"] == "b")
-        print(f"K={k}: batched/sequential speed {b['instances_per_hour'] / a['instances_per_hour']:.2f}x; "
-              f"SIDE {statistics.fmean(a['side']):.3f} vs {statistics.fmean(b['side']):.3f}, "
-              f"MAD {statistics.fmean(a['mad']):.2f} vs {statistics.fmean(b['mad']):.2f}")
+        a = next(r for r in summary if r["k"] == k and r["mode"] == "a")
+        b = next(r for r in summary if r["k"] == k and r["mode"] == "b")
+        paired = [rb["instances_per_hour"] / ra["instances_per_hour"]
+                  for ra in runs for rb in runs
+                  if ra["k"] == rb["k"] == k and ra["repeat"] == rb["repeat"] and ra["mode"] == "a" and rb["mode"] == "b"]
+        print(f"K={k}: batched/sequential speed {b['instances_per_hour'] / a['instances_per_hour']:.2f}x "
+              f"(per repeat: {', '.join(f'{x:.2f}' for x in paired)}); "
+              f"SIDE {a['side']:.3f} vs {b['side']:.3f}, MAD {a['mad']:.2f} vs {b['mad']:.2f}")
     if args.profile:
         profile_steps(args)
     if args.json:
