@@ -3,7 +3,9 @@
 Runs N held-out instances of the synthetic face family through the method with a
 chosen preset and schedule, once per method seed, and compares against two
 baselines scored the same way: a constant depth and the ellipsoid prior
-(rendered with the true view). Prints a table (mean +- std over instances) and
+(rendered with the true view). Diagnostic rows split the method's error into
+shape and view: the prior as the method starts (frontal, default box), the true
+shape seen frontally, and the method's canonical depth at the true view. Prints a table (mean +- std over instances) and
 the spread of the method's mean across seeds, and writes JSON.
 
     python bench/quality.py                      # 16 instances, reduced CPU schedule
@@ -30,7 +32,8 @@ from recon.config import parse_assignments
 from recon.storage import cache_dir
 from recon.synthetic.bundle import build_synthetic_bundle
 from recon.synthetic.dataset import sample_instances
-from recon.synthetic.evaluate import score_constant, score_prior, score_result
+from recon.synthetic.evaluate import (score_canonical_at_true_view, score_constant, score_prior,
+                                     score_prior_frontal, score_result, score_truth_frontal)
 
 #: The reduced CPU schedule: 5% of every iteration count (prior 50, steps 25/25/10, collect 5).
 REDUCED_FAST = 0.05
@@ -48,8 +51,11 @@ def run(args: argparse.Namespace) -> dict:
     instances = sample_instances(rec.gan, args.n)
     cfg = rec.config
     rows = {"constant": [score_constant(i, rec.renderer) for i in instances],
-            "prior (true view)": [score_prior(i, cfg, rec.renderer) for i in instances]}
+            "prior (true view)": [score_prior(i, cfg, rec.renderer) for i in instances],
+            "prior (frontal, box)": [score_prior_frontal(i, cfg, rec.renderer) for i in instances],
+            "true shape, frontal": [score_truth_frontal(i, rec.renderer) for i in instances]}
     per_seed: dict[int, list[dict]] = {}
+    shape_only: list[dict] = []
     timing = {}
     for seed in args.seeds:
         items = [{"image": i.image, "latent": i.latent, "mask": i.mask, "seed": seed * 100_000 + i.seed}
@@ -62,9 +68,11 @@ def run(args: argparse.Namespace) -> dict:
             if isinstance(res, Exception):
                 raise RuntimeError(f"instance {inst.seed} failed: {res}") from res
             scores.append(score_result(res, inst, rec.renderer))
+            shape_only.append(score_canonical_at_true_view(res, inst, rec.renderer))
         per_seed[seed] = scores
         print(f"seed {seed}: {len(scores)} instances in {timing[seed]:.0f}s", flush=True)
     rows["reconstruction (all seeds)"] = [s for scores in per_seed.values() for s in scores]
+    rows["recon shape at true view"] = shape_only
 
     summary = {}
     for name, scores in rows.items():

@@ -5,13 +5,18 @@ Besides the method's own output, two baselines are scored the same way:
 and ``prior`` (the ellipsoid shape prior the method starts from, placed with
 the same mask and rendered with the *true* view, so the baseline is given the
 viewpoint for free).
+
+Three diagnostic rows separate the two ways the method can miss: the prior as
+the method itself starts (frontal view, default mask box: no ground truth used),
+the method's canonical depth placed with the *true* view (its shape error
+alone), and the true shape seen frontally (what a wrong view alone costs).
 """
 from __future__ import annotations
 
 import torch
 
 from ..config import GAN2ShapeConfig
-from ..prior import ellipsoid_prior
+from ..prior import default_box_mask, ellipsoid_prior
 from ..renderer import DepthRenderer
 from ..result import ReconstructionResult
 from .dataset import SyntheticInstance
@@ -37,6 +42,37 @@ def score_result(result: ReconstructionResult, inst: SyntheticInstance, renderer
 def score_constant(inst: SyntheticInstance, renderer: DepthRenderer, depth: float = 1.0) -> dict:
     s = renderer.image_size
     return _scores(torch.full((1, s, s), depth), torch.ones(1, s, s), inst, renderer)
+
+
+def _frontal(like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(like.shape[0], 6, dtype=like.dtype)
+
+
+@torch.no_grad()
+def score_canonical_at_true_view(result: ReconstructionResult, inst: SyntheticInstance,
+                                 renderer: DepthRenderer) -> dict:
+    """The method's canonical depth rendered with the true view: its shape error without its view error."""
+    canon = torch.from_numpy(result.canonical_depth)[None]
+    view_depth = renderer.render_view_depth(canon, inst.truth.view)
+    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
+
+
+@torch.no_grad()
+def score_truth_frontal(inst: SyntheticInstance, renderer: DepthRenderer) -> dict:
+    """The true canonical shape rendered frontally: what getting only the view wrong costs."""
+    canon = inst.truth.canonical_depth
+    view_depth = renderer.render_view_depth(canon, _frontal(canon))
+    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
+
+
+@torch.no_grad()
+def score_prior_frontal(inst: SyntheticInstance, cfg: GAN2ShapeConfig, renderer: DepthRenderer) -> dict:
+    """The prior as the method starts from it: default mask box, frontal view, no ground truth used."""
+    s = renderer.image_size
+    prior = ellipsoid_prior(default_box_mask(s, cfg.default_mask_box), cfg.category, cfg.prior_near,
+                            cfg.prior_far, cfg.ellipsoid_center)[None]
+    view_depth = renderer.render_view_depth(prior, _frontal(prior))
+    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
 
 
 @torch.no_grad()
