@@ -7,7 +7,9 @@ and a batched run of K instances makes them K times larger, so every training
 iteration maps, page-faults (the kernel zeroes each 4 KiB page) and unmaps
 hundreds of MiB. Measured on a 2-core CPU with 8 instances at fast=0.02: 34 s of
 kernel time in a 75 s sequential run and 64 s in a 91 s batched run. With mmap
-off and trimming deferred, the same runs took 60 s (7 s kernel) and 57 s (16 s
+off and trimming off (set through glibc's MALLOC_MMAP_MAX_ and
+MALLOC_TRIM_THRESHOLD_ for that measurement; this module sets the same two
+values with mallopt), the same runs took 60 s (7 s kernel) and 57 s (16 s
 kernel), with bit-identical results.
 
 The cost: the heap does not shrink after a peak, so a process keeps its
