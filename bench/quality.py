@@ -5,8 +5,9 @@ chosen preset and schedule, once per method seed, and compares against two
 baselines scored the same way: a constant depth and the ellipsoid prior
 (rendered with the true view). Diagnostic rows split the method's error into
 shape and view: the prior as the method starts (frontal, default box), the true
-shape seen frontally, and the method's canonical depth at the true view. Prints a table (mean +- std over instances) and
-the spread of the method's mean across seeds, and writes JSON.
+shape seen frontally, and the method's canonical depth at the true view. Prints
+a table (mean +- std over instances) and the spread of the method's mean across
+seeds, and writes JSON.
 
     python bench/quality.py                      # 16 instances, reduced CPU schedule
     python bench/quality.py --full --device cuda # the reference synface schedule

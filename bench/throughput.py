@@ -6,10 +6,10 @@ run's own):
   (a) sequential: K calls of ``Reconstructor.reconstruct`` (the reference loop);
   (b) batched:    one ``Reconstructor.reconstruct_many(..., batch_size=K)``;
 
-each ``--repeats`` times (a and b alternating), and prints the median instances per hour, peak memory (process RSS on CPU, CUDA
-allocator peak on GPU), and the quality of both on the ground-truth benchmark
-(SIDE/MAD of the same synthetic instances), so speed is never bought with
-accuracy. It also counts FLOPs per instance with torch.utils.flop_counter over
+each ``--repeats`` times (a and b alternating), and prints the median
+instances per hour, peak memory (process RSS on CPU, CUDA allocator peak on
+GPU), and the quality of both on the ground-truth benchmark (SIDE/MAD of the
+same synthetic instances), so speed is never bought with accuracy. It also counts FLOPs per instance with torch.utils.flop_counter over
 one iteration of each step, times the schedule, and reports the achieved FLOP/s
 against the device's peak (on CPU: a measured large-matmul rate; on GPU: the
 measured bf16/fp32 matmul rate). ``--profile`` prints where time goes in one
@@ -245,12 +245,11 @@ def main(argv=None) -> int:
     print(f"device peak (measured matmul): " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peak.items()))
     print(f"best: {'batched' if best['mode'] == 'b' else 'sequential'} K={best['k']}: {best['instances_per_hour']:.1f} "
           f"inst/h = {achieved / 1e9:.1f} GFLOP/s achieved, {100 * report['best']['fraction_of_peak']:.1f}% of peak")
+    by_key = {(r["k"], r["mode"]): r for r in summary}
+    speed = {(r["k"], r["repeat"], r["mode"]): r["instances_per_hour"] for r in runs}
     for k in args.ks:
-        a = next(r for r in summary if r["k"] == k and r["mode"] == "a")
-        b = next(r for r in summary if r["k"] == k and r["mode"] == "b")
-        paired = [rb["instances_per_hour"] / ra["instances_per_hour"]
-                  for ra in runs for rb in runs
-                  if ra["k"] == rb["k"] == k and ra["repeat"] == rb["repeat"] and ra["mode"] == "a" and rb["mode"] == "b"]
+        a, b = by_key[k, "a"], by_key[k, "b"]
+        paired = [speed[k, rep, "b"] / speed[k, rep, "a"] for rep in range(args.repeats)]
         print(f"K={k}: batched/sequential speed {b['instances_per_hour'] / a['instances_per_hour']:.2f}x "
               f"(per repeat: {', '.join(f'{x:.2f}' for x in paired)}); "
               f"SIDE {a['side']:.3f} vs {b['side']:.3f}, MAD {a['mad']:.2f} vs {b['mad']:.2f}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,8 +26,6 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def _probe(mode: str, env_off: bool = False) -> dict:
-    import os
-
     env = dict(os.environ)
     env.pop("RECON_RETAIN_CPU_HEAP", None)
     if env_off:
@@ -44,6 +43,7 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert default["faults"] > 20 * pages
     # with the setting the heap block is reused once the heap has settled (a few loops here)
     assert retained["faults"] < default["faults"] / 3
+
 
 def test_opt_out_keeps_glibc_defaults():
     assert _probe("on", env_off=True)["applied"] is False

@@ -44,40 +44,37 @@ def score_constant(inst: SyntheticInstance, renderer: DepthRenderer, depth: floa
     return _scores(torch.full((1, s, s), depth), torch.ones(1, s, s), inst, renderer)
 
 
-def _frontal(like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(like.shape[0], 6, dtype=like.dtype)
-
-
 @torch.no_grad()
+def _score_canonical(canon: torch.Tensor, view: torch.Tensor | None, inst: SyntheticInstance,
+                     renderer: DepthRenderer) -> dict:
+    """Metrics of a (1,S,S) canonical depth rendered into ``view`` (None: the frontal view)."""
+    if view is None:
+        view = torch.zeros(canon.shape[0], 6, dtype=canon.dtype)
+    view_depth = renderer.render_view_depth(canon, view)
+    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
+
+
+def _prior(mask: torch.Tensor, cfg: GAN2ShapeConfig) -> torch.Tensor:
+    return ellipsoid_prior(mask, cfg.category, cfg.prior_near, cfg.prior_far, cfg.ellipsoid_center)[None]
+
+
 def score_canonical_at_true_view(result: ReconstructionResult, inst: SyntheticInstance,
                                  renderer: DepthRenderer) -> dict:
     """The method's canonical depth rendered with the true view: its shape error without its view error."""
-    canon = torch.from_numpy(result.canonical_depth)[None]
-    view_depth = renderer.render_view_depth(canon, inst.truth.view)
-    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
+    return _score_canonical(torch.from_numpy(result.canonical_depth)[None], inst.truth.view, inst, renderer)
 
 
-@torch.no_grad()
 def score_truth_frontal(inst: SyntheticInstance, renderer: DepthRenderer) -> dict:
     """The true canonical shape rendered frontally: what getting only the view wrong costs."""
-    canon = inst.truth.canonical_depth
-    view_depth = renderer.render_view_depth(canon, _frontal(canon))
-    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
+    return _score_canonical(inst.truth.canonical_depth, None, inst, renderer)
 
 
-@torch.no_grad()
 def score_prior_frontal(inst: SyntheticInstance, cfg: GAN2ShapeConfig, renderer: DepthRenderer) -> dict:
     """The prior as the method starts from it: default mask box, frontal view, no ground truth used."""
-    s = renderer.image_size
-    prior = ellipsoid_prior(default_box_mask(s, cfg.default_mask_box), cfg.category, cfg.prior_near,
-                            cfg.prior_far, cfg.ellipsoid_center)[None]
-    view_depth = renderer.render_view_depth(prior, _frontal(prior))
-    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
+    box = default_box_mask(renderer.image_size, cfg.default_mask_box)
+    return _score_canonical(_prior(box, cfg), None, inst, renderer)
 
 
-@torch.no_grad()
 def score_prior(inst: SyntheticInstance, cfg: GAN2ShapeConfig, renderer: DepthRenderer) -> dict:
-    prior = ellipsoid_prior(torch.from_numpy(inst.mask), cfg.category, cfg.prior_near, cfg.prior_far,
-                            cfg.ellipsoid_center)[None]
-    view_depth = renderer.render_view_depth(prior, inst.truth.view)
-    return _scores(view_depth, renderer.valid_mask(view_depth), inst, renderer)
+    """The prior placed with the true mask and rendered with the true view (the baseline)."""
+    return _score_canonical(_prior(torch.from_numpy(inst.mask), cfg), inst.truth.view, inst, renderer)
