@@ -30,6 +30,7 @@ CHOICES = {
     "pseudo_light_strength": ("last_image", "per_image"),
     "renderer": ("torch", "neural_renderer"),
     "network_batching": ("auto", "vmap", "loop"),
+    "adam_impl": ("fused", "foreach", "loop"),
 }
 
 
@@ -82,6 +83,8 @@ class GAN2ShapeConfig:
     truncation: float = 1.0
     renderer: str = "torch"
     network_batching: str = "auto"
+    gan_chunk: int = 0
+    adam_impl: str = "fused"
     fast: float = 1.0
     default_mask_box: list = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
     border_weight: float = 1.02
@@ -121,6 +124,14 @@ class GAN2ShapeConfig:
     def prior_fit_iters(self) -> int:
         return self.scaled(self.prior_iters)
 
+    def gan_chunk_for(self, device: Any, k: int) -> int:
+        """Instances per GAN call in a group of ``k``: ``gan_chunk``, or automatic (0): all of them
+        on CUDA, one elsewhere (a CPU runs the GAN no faster on larger batches, and a batch of
+        K x 16 samples streams activations through the cache that a batch of 16 keeps in it)."""
+        if self.gan_chunk:
+            return min(self.gan_chunk, k)
+        return k if str(getattr(device, "type", device)).startswith("cuda") else 1
+
     def flip(self, which: str, stage: int) -> bool:
         flags = self.flip1 if which == "step1" else self.flip3
         return bool(flags[min(stage, len(flags) - 1)]) if flags else False
@@ -157,6 +168,8 @@ class GAN2ShapeConfig:
             raise ConfigError(f"fast must be > 0, got {self.fast}")
         if self.batchsize < 1:
             raise ConfigError("batchsize must be >= 1")
+        if self.gan_chunk < 0:
+            raise ConfigError(f"gan_chunk must be >= 0 (0 = automatic), got {self.gan_chunk}")
         if not self.min_depth < self.max_depth:
             raise ConfigError("min_depth must be below max_depth")
         box = self.default_mask_box

@@ -77,6 +77,7 @@ class InstanceGroup:
         self.masks = torch.stack(masks).to(dev, dt)  # (K,1,1,S,S)
         self.latents = torch.stack([i.latent for i in instances]).to(dev, dt)[:, None]  # (K,1,D)
         self.generators = [torch.Generator().manual_seed(int(i.seed)) for i in instances]
+        self.gan_chunk = cfg.gan_chunk_for(dev, self.k)  # instances per generator/discriminator call
         self.view_mean = rec.bundle.view_mvn.mean.to(dev, dt)
         self.light_mean = rec.bundle.light_mvn.mean.to(dev, dt)
 
@@ -104,7 +105,9 @@ class InstanceGroup:
         kwargs = {}
         if cfg.truncation < 1:
             kwargs = dict(truncation=cfg.truncation, truncation_latent=self.rec.truncation_latent)
-        img, _ = gan.generator([w], input_is_latent=True, randomize_noise=False, **kwargs)
+        parts = [gan.generator([part], input_is_latent=True, randomize_noise=False, **kwargs)[0]
+                 for part in w.split(self.gan_chunk * per_instance)]
+        img = parts[0] if len(parts) == 1 else torch.cat(parts)
         origins = {i.origin_size for i in self.instances}
         if len(origins) == 1:
             out = prepare_gan_output(img, origins.pop(), cfg.crop, self.size)
@@ -113,6 +116,12 @@ class InstanceGroup:
             out = torch.cat([prepare_gan_output(c, inst.origin_size, cfg.crop, self.size)
                              for c, inst in zip(chunks, self.instances)])
         return out.reshape(self.k, per_instance, 3, self.size, self.size)
+
+    def disc_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Discriminator features of (K*N,3,S,S) images for the step-2 loss, ``gan_chunk`` instances per call."""
+        rows = self.gan_chunk * (x.shape[0] // self.k)
+        parts = [self.rec.disc_features(part) for part in x.split(rows)]
+        return parts[0] if len(parts) == 1 else [torch.cat(level) for level in zip(*parts)]
 
     def depth_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """D's raw map (K,N,1,S,S) -> depth (K,N,S,S) in (min, max): mean-subtract, tanh, rescale (spec §2.1)."""
@@ -270,7 +279,7 @@ class InstanceGroup:
     def step2_loss(self, pseudo: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         projected, dw = self.project(pseudo, train=True)
         l1 = masked_l1(projected, pseudo, masks, instance_dims=1)
-        feat = discriminator_feature_loss(self.rec.disc_features, projected, pseudo, masks)
+        feat = discriminator_feature_loss(self.disc_features, projected, pseudo, masks)
         reg = latent_regularizer(dw, instance_dims=1)
         total = l1 + feat + self.cfg.lam_regular * reg
         return total, {"l1": l1, "disc_feat": feat, "latent_reg": reg}
@@ -336,7 +345,13 @@ class InstanceGroup:
     # ------------------------------------------------------------------ running
     def optimizer(self, step: str) -> torch.optim.Optimizer:
         params = [p for name in STEP_NETWORKS[step] for p in self.nets[name].parameters()]
-        return torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), weight_decay=self.cfg.weight_decay)
+        impl = self.cfg.adam_impl
+        # The update rule is the reference's in every case; "fused" does it in one kernel per step.
+        # On the CPU, torch's default per-tensor loop took 80 ms per step of step 3's 40M weights and
+        # "foreach" 127 ms (full-size temporaries), where "fused" takes 17 ms.
+        kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+        return torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), weight_decay=self.cfg.weight_decay,
+                                **kwargs)
 
     def _record(self, step: str, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         values = total.detach().cpu().tolist()

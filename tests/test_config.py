@@ -108,6 +108,8 @@ def test_preset_from_yaml_path(tmp_path):
     ({"stage_len.step4": "1"}, "unknown config key 'stage_len.step4'"),
     ({"image_size": "100"}, "power of two"),
     ({"fast": "0"}, "fast must be > 0"),
+    ({"gan_chunk": "-1"}, "gan_chunk must be >= 0"),
+    ({"adam_impl": "sgd"}, "adam_impl must be one of"),
 ])
 def test_bad_overrides_are_clear_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -214,9 +214,10 @@ def test_contact_sheet_is_written(rec, tmp_path):
     assert sheet[16 + 128:16 + 256].std() > 5 and sheet[16 + 256:].std() > 5
 
 
-@pytest.mark.parametrize("mode", ["loop", "vmap"])
-def test_batched_run_of_three_equals_three_separate_runs(bundle, mode):
-    """reconstruct_many(K=3) is the same computation as three reconstruct() calls.
+@pytest.mark.parametrize("mode, gan_chunk", [("loop", 0), ("loop", 3), ("vmap", 2)])
+def test_batched_run_of_three_equals_three_separate_runs(bundle, mode, gan_chunk):
+    """reconstruct_many(K=3) is the same computation as three reconstruct() calls,
+    whether the GAN sees one instance per call (0 = automatic: 1 on CPU), all three, or 2 + 1.
 
     Checked in float64: there the only possible difference is summation order in
     batched kernels (~1e-15). In float32 the same rounding differences (~1e-6 in a
@@ -224,8 +225,8 @@ def test_batched_run_of_three_equals_three_separate_runs(bundle, mode):
     iterations, so float32 trajectories separate by more than any fixed bound a
     test could justify; float64 removes that noise and leaves the logic exposed.
     """
-    rec = Reconstructor(bundle, "synface", overrides={**FAST, "fast": 0.01, "network_batching": mode},
-                        dtype=torch.float64)
+    rec = Reconstructor(bundle, "synface", overrides={**FAST, "fast": 0.01, "network_batching": mode,
+                                                      "gan_chunk": gan_chunk}, dtype=torch.float64)
     g = rec.gan.generator
     items = []
     for s in range(3):
@@ -243,6 +244,25 @@ def test_batched_run_of_three_equals_three_separate_runs(bundle, mode):
         assert a.loss_history["step3"] == pytest.approx(b.loss_history["step3"], abs=1e-9)
     # the instances really differ, so equality is not trivial
     assert np.abs(separate[0].canonical_depth - separate[1].canonical_depth).max() > 1e-3
+
+
+def test_adam_implementations_give_the_same_reconstruction(bundle):
+    """fused, foreach and the per-tensor loop are one update rule (with L2 weight decay), so a
+    float64 run ends in the same place with each; only the speed differs."""
+    results = {}
+    for impl in ("fused", "foreach", "loop"):
+        rec = Reconstructor(bundle, "synface", overrides={**FAST, "fast": 0.01, "adam_impl": impl},
+                            dtype=torch.float64)
+        g = rec.gan.generator
+        with torch.no_grad():
+            w = g.get_latent(torch.randn(1, TINY_STYLE_DIM, generator=torch.Generator().manual_seed(3)).double())
+            img, _ = g([w], input_is_latent=True, randomize_noise=False)
+        results[impl] = rec.reconstruct(img[0].clamp(-1, 1), w[0], seed=3)
+    for impl in ("foreach", "loop"):
+        for field in ("canonical_depth", "albedo", "light", "view"):
+            diff = np.abs(getattr(results[impl], field) - getattr(results["fused"], field)).max()
+            assert diff <= 1e-9, (impl, field, diff)
+    assert results["fused"].loss_history["step3"][0] != results["fused"].loss_history["step3"][-1]
 
 
 def test_reconstruct_many_isolates_bad_inputs(rec):
