@@ -60,6 +60,11 @@ class Reconstructor:
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             retain_freed_cpu_memory()  # large activations would otherwise be mmap'd and zeroed every iteration
+        # torch imports its compiler stack on the first optimiser a process builds, and that import
+        # keeps the frames it ran under alive for good: had it happened inside a group's first
+        # step, those frames would pin that group (all K networks, gradients, Adam state) for the
+        # life of the process. Importing it here, outside any group, keeps groups freeable.
+        import torch._dynamo  # noqa: F401
         #: float32 for use; float64 lets tests compare batched and separate runs without rounding noise.
         self.dtype = dtype
         self.config = config if config is not None else load_config(preset, overrides)

@@ -19,11 +19,16 @@ tensors equals K separate Adams, whichever layout is used.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+
+def _call_module(module: nn.Module, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+    return functional_call(module, (params, buffers), (x,))
 
 
 class StackedNetwork:
@@ -44,11 +49,11 @@ class StackedNetwork:
             self._each_p = [{n: p.detach().clone().requires_grad_(True) for n, p in named_p.items()} for _ in range(k)]
             self._each_b = [{n: b.detach().clone() for n, b in named_b.items()} for _ in range(k)]
 
-        def one(params, buffers, x):
-            return functional_call(self.module, (params, buffers), (x,))
-
-        self._one = one
-        self._batched = vmap(one)
+        # Bound to the module, not to self: a closure over self would make a reference cycle, and a
+        # finished group's K copies of weights, gradients and Adam state would then wait for Python's
+        # cyclic collector instead of being freed when the group is dropped.
+        self._one = functools.partial(_call_module, self.module)
+        self._batched = vmap(self._one)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.k:
