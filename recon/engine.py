@@ -2,8 +2,9 @@
 
 An :class:`InstanceGroup` holds K independent reconstructions that advance in
 lockstep: each has its own image, latent, random stream, D/A/V/L/E weights and
-projected-sample pool, but every network call, render and GAN call is batched
-over the group. K = 1 is the reference's one-image-at-a-time loop. Every loss
+projected-sample pool, but every network call and render is batched over the
+group, and GAN calls take ``gan_chunk`` instances at a time (all of them on
+CUDA, one on the CPU). K = 1 is the reference's one-image-at-a-time loop. Every loss
 is computed per instance (leading axis K) and the per-instance losses are
 summed for the backward pass, so gradients never mix instances.
 
