@@ -124,14 +124,6 @@ class GAN2ShapeConfig:
     def prior_fit_iters(self) -> int:
         return self.scaled(self.prior_iters)
 
-    def gan_chunk_for(self, device: Any, k: int) -> int:
-        """Instances per GAN call in a group of ``k``: ``gan_chunk``, or automatic (0): all of them
-        on CUDA, one elsewhere (a CPU runs the GAN no faster on larger batches, and a batch of
-        K x 16 samples streams activations through the cache that a batch of 16 keeps in it)."""
-        if self.gan_chunk:
-            return min(self.gan_chunk, k)
-        return k if str(getattr(device, "type", device)).startswith("cuda") else 1
-
     def flip(self, which: str, stage: int) -> bool:
         flags = self.flip1 if which == "step1" else self.flip3
         return bool(flags[min(stage, len(flags) - 1)]) if flags else False
