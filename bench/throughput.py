@@ -9,8 +9,9 @@ run's own):
 each ``--repeats`` times (a and b alternating), and prints the median
 instances per hour, peak memory (process RSS on CPU, CUDA allocator peak on
 GPU), and the quality of both on the ground-truth benchmark (SIDE/MAD of the
-same synthetic instances), so speed is never bought with accuracy. It also counts FLOPs per instance with torch.utils.flop_counter over
-one iteration of each step, times the schedule, and reports the achieved FLOP/s
+same synthetic instances), so speed is never bought with accuracy. It also
+counts FLOPs per instance with torch.utils.flop_counter over one iteration of
+each step, times the schedule, and reports the achieved FLOP/s
 against the device's peak (on CPU: a measured large-matmul rate; on GPU: the
 measured bf16/fp32 matmul rate). ``--profile`` prints where time goes in one
 iteration of each step.
@@ -44,6 +45,9 @@ from recon.storage import cache_dir  # noqa: E402
 from recon.synthetic.bundle import build_synthetic_bundle  # noqa: E402
 from recon.synthetic.dataset import sample_instances  # noqa: E402
 from recon.synthetic.evaluate import score_result  # noqa: E402
+
+
+MODE_LABEL = {"a": "sequential", "b": "batched   "}
 
 
 def _reconstructor(args) -> Reconstructor:
@@ -226,7 +230,7 @@ def main(argv=None) -> int:
                     raise SystemExit(f"measurement {mode} K={k} failed")
                 runs.append({**json.loads(line[7:]), "repeat": rep})
                 r = runs[-1]
-                print(f"K={k:3d} {'sequential' if mode == 'a' else 'batched   '} #{rep}: "
+                print(f"K={k:3d} {MODE_LABEL[mode]} #{rep}: "
                       f"{r['instances_per_hour']:8.1f} inst/h, {r['seconds']:7.1f}s, "
                       f"peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB, "
                       f"SIDE {statistics.fmean(r['side']):.3f}, MAD {statistics.fmean(r['mad']):.2f}", flush=True)
@@ -249,12 +253,12 @@ def main(argv=None) -> int:
     state = "warm: second run in each process" if args.warm else "cold: first run in a fresh process"
     print(f"\nmedian of {args.repeats} repeat(s), {state}:")
     for r in summary:
-        print(f"K={r['k']:3d} {'sequential' if r['mode'] == 'a' else 'batched   '}: {r['instances_per_hour']:8.1f} inst/h, "
+        print(f"K={r['k']:3d} {MODE_LABEL[r['mode']]}: {r['instances_per_hour']:8.1f} inst/h, "
               f"peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB, SIDE {r['side']:.3f}, MAD {r['mad']:.2f}")
     print(f"\nFLOPs per instance: {flops['total'] / 1e12:.2f} TFLOP "
           f"(per iteration, GFLOP: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops["per_iteration"].items()) + ")")
     print(f"device peak (measured matmul): " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peak.items()))
-    print(f"best: {'batched' if best['mode'] == 'b' else 'sequential'} K={best['k']}: {best['instances_per_hour']:.1f} "
+    print(f"best: {MODE_LABEL[best['mode']].strip()} K={best['k']}: {best['instances_per_hour']:.1f} "
           f"inst/h = {achieved / 1e9:.1f} GFLOP/s achieved, {100 * report['best']['fraction_of_peak']:.1f}% of peak")
     by_key = {(r["k"], r["mode"]): r for r in summary}
     speed = {(r["k"], r["repeat"], r["mode"]): r["instances_per_hour"] for r in runs}
