@@ -11,6 +11,9 @@ seeds, and writes JSON.
 
     python bench/quality.py                      # 16 instances, reduced CPU schedule
     python bench/quality.py --full --device cuda # the reference synface schedule
+    python bench/quality.py --full --device cuda --pretrain 200
+                                                 # the reference synface protocol: instances start
+                                                 # from joint pre-training, not from the prior fit
 
 The generator is the synthetic instrument of recon.synthetic (not a trained
 GAN): see its module docstring for what that does and does not show.
@@ -35,6 +38,7 @@ from recon.synthetic.bundle import build_synthetic_bundle
 from recon.synthetic.dataset import sample_instances
 from recon.synthetic.evaluate import (score_canonical_at_true_view, score_constant, score_prior,
                                      score_prior_frontal, score_result, score_truth_frontal)
+from recon.synthetic.pretrained import pretrained_synthetic_bundle
 
 #: The reduced CPU schedule: 5% of every iteration count (prior 50, steps 25/25/10, collect 5).
 REDUCED_FAST = 0.05
@@ -48,6 +52,13 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     bundle = build_synthetic_bundle(Path(args.bundle_dir or cache_dir() / f"synthetic-{args.size}"), size=args.size)
     overrides = {"fast": 1.0 if args.full else args.fast, **parse_assignments(args.set)}
+    pretraining = None
+    if args.pretrain:
+        pre_fast = 1.0 if args.full else args.pretrain_fast
+        bundle, pretraining = pretrained_synthetic_bundle(bundle, args.pretrain, fast=pre_fast, device=args.device,
+                                                          overrides=parse_assignments(args.set))
+        print(f"pre-trained on {args.pretrain} training samples: {pretraining['iterations']} "
+              f"({pretraining['seconds']:.0f}s{', cached' if pretraining['reused'] else ''})", flush=True)
     rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides=overrides)
     instances = sample_instances(rec.gan, args.n)
     cfg = rec.config
@@ -95,7 +106,9 @@ def run(args: argparse.Namespace) -> dict:
                     "torch": torch.__version__, "device": str(rec.device),
                     "gpu": torch.cuda.get_device_name() if rec.device.type == "cuda" else None},
         "preset": args.preset, "fast": overrides["fast"], "overrides": overrides, "n": args.n, "seeds": args.seeds,
-        "batch": args.batch, "iterations": {"prior": cfg.prior_fit_iters, **cfg.total_iterations()},
+        "batch": args.batch,
+        "iterations": {"prior": 0 if rec.pretrained else cfg.prior_fit_iters, **cfg.total_iterations()},
+        "pretraining": pretraining,
         "summary": summary, "seed_means": seed_means, "seed_spread_range": spread,
         "improvement_over_prior": improvement, "instances_better_than_prior": per_instance_wins,
         "seconds_per_seed": timing, "per_instance": {k: v for k, v in rows.items()},
@@ -108,6 +121,10 @@ def print_table(report: dict) -> None:
     print(f"\n{report['what']}; preset {report['preset']}, fast={report['fast']}, {report['n']} instances, "
           f"seeds {report['seeds']}, device {report['machine']['device']}")
     print(f"iterations per instance: {report['iterations']}")
+    if report["pretraining"]:
+        pre = report["pretraining"]
+        print(f"instances start from joint pre-training on {pre['n_samples']} training samples, "
+              f"fast={pre['fast']}: {pre['iterations']}")
     print(f"{'':28s} {'SIDE x1e-2':>18s} {'MAD deg':>18s}")
     for name, s in report["summary"].items():
         print(f"{name:28s} {s['side_mean']:8.3f} +- {s['side_std']:6.3f} {s['mad_mean']:8.2f} +- {s['mad_std']:6.2f}")
@@ -131,12 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="the reference schedule (fast=1); meant for a GPU")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                    help="method seeds (default 0 1: two seeds of 16 instances take ~14 min on a 2-core CPU)")
+    p.add_argument("--pretrain", type=int, default=0, metavar="N",
+                   help="start every instance from joint pre-training on N training samples of the family "
+                        "(the reference's synface protocol; cached) instead of fitting the prior per instance")
+    p.add_argument("--pretrain-fast", type=float, default=0.25,
+                   help="schedule scale of the pre-training (default %(default)s: 5,850 iterations, ~23 min "
+                        "on a 2-core CPU; --full uses 1)")
     p.add_argument("--batch", type=int, default=None, help="instances trained together (default: 1 on CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bundle-dir", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override (repeatable); applies to the pre-training too")
     p.add_argument("--json", default="bench/results/quality.json", help="where to write the JSON report")
     args = p.parse_args(argv)
     report = run(args)

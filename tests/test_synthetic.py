@@ -151,3 +151,44 @@ def test_benchmark_runs_on_two_instances_and_scores_consistently(tmp_path):
     inst = sample_instances(gan, 2)
     direct = [score_constant(i, DepthRenderer(64)) for i in inst]
     assert [round(d["side"], 5) for d in direct] == [round(s["side"], 5) for s in report["per_instance"]["constant"]]
+
+
+def test_benchmark_can_start_instances_from_joint_pretraining(tmp_path):
+    """--pretrain runs the synface protocol: joint pre-training on training seeds, cached, then instances."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import quality
+
+    from recon.bundle import load_bundle
+
+    argv = ["--n", "1", "--seeds", "0", "--fast", "0.004", "--set", "batchsize=2", "--pretrain", "2",
+            "--pretrain-fast", "0.0005", "--bundle-dir", str(tmp_path / "bundle")]
+    assert quality.main(argv + ["--json", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    pre = first["pretraining"]
+    assert pre["n_samples"] == 2 and not pre["reused"] and pre["seconds"] > 0
+    # 8 stages of the synface_pretrain schedule at the smallest scale, and no per-instance prior fit
+    assert pre["iterations"] == {"prior": 1, "step1": 8, "step2": 8, "step3": 8}
+    assert first["iterations"]["prior"] == 0
+    manifests = list((tmp_path / "bundle").glob("synthetic-pretrained-*.yaml"))
+    assert len(manifests) == 1
+    bundle = load_bundle(manifests[0])
+    assert bundle.pretrained and Path(bundle.pretrained).is_file()
+    states = torch.load(bundle.pretrained, weights_only=True)
+    assert set(states) == {"netD", "netA", "netV", "netL", "netEnc"}
+
+    # the same settings again reuse the checkpoint; different ones train anew
+    assert quality.main(argv + ["--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["pretraining"]["reused"]
+    assert quality.main(argv + ["--set", "weight_decay=0", "--json", str(tmp_path / "c.json")]) == 0
+    assert not json.loads((tmp_path / "c.json").read_text())["pretraining"]["reused"]
+    assert len(list((tmp_path / "bundle").glob("pretrained-*.pth"))) == 2
+
+
+def test_pretraining_never_uses_held_out_seeds(tmp_path):
+    from recon.synthetic.dataset import HELD_OUT_SEED_BASE
+    from recon.synthetic.pretrained import pretrained_synthetic_bundle
+
+    with pytest.raises(ValueError, match="held-out"):
+        pretrained_synthetic_bundle(tmp_path / "synthetic.yaml", 2, seed=HELD_OUT_SEED_BASE - 1)
+    with pytest.raises(ValueError, match="held-out"):
+        pretrained_synthetic_bundle(tmp_path / "synthetic.yaml", 0)
