@@ -47,12 +47,13 @@ def pretrained_synthetic_bundle(base_manifest: str | Path, n_samples: int, *, fa
     rec = Reconstructor(str(base_manifest), PRETRAIN_PRESET, device=device,
                         overrides={"fast": fast, **dict(overrides or {})})
     stamp = folder / "stamp.json"
-    key = rec.config.hash({"n_samples": n_samples, "seed": seed,
+    key = rec.config.hash({"n_samples": n_samples, "seed": seed, "device": rec.device.type,
                            "instrument": stamp.read_text() if stamp.is_file() else str(base_manifest.resolve())})
     checkpoint = folder / f"pretrained-{key}.pth"
     manifest = folder / f"synthetic-pretrained-{key}.yaml"
     info = {"preset": PRETRAIN_PRESET, "fast": fast, "overrides": dict(overrides or {}), "n_samples": n_samples,
-            "seed": seed, "iterations": {"prior": rec.config.prior_fit_iters, **rec.config.total_iterations()},
+            "seed": seed, "device": str(rec.device),
+            "iterations": {"prior": rec.config.prior_fit_iters, **rec.config.total_iterations()},
             "collect_passes": rec.config.collect * rec.config.num_stage, "checkpoint": str(checkpoint),
             "seconds": 0.0, "reused": True}
     if not (checkpoint.is_file() and manifest.is_file()):
