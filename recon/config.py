@@ -31,6 +31,7 @@ CHOICES = {
     "renderer": ("torch", "neural_renderer"),
     "network_batching": ("auto", "vmap", "loop"),
     "adam_impl": ("fused", "foreach", "loop"),
+    "autocast": ("none", "bf16"),
 }
 
 
@@ -85,6 +86,7 @@ class GAN2ShapeConfig:
     network_batching: str = "auto"
     gan_chunk: int = 0
     adam_impl: str = "fused"
+    autocast: str = "none"
     fast: float = 1.0
     default_mask_box: list = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
     border_weight: float = 1.02

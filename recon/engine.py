@@ -14,6 +14,7 @@ V, L, D, A). A fresh Adam is made whenever the step changes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -103,15 +104,33 @@ class InstanceGroup:
         self.diverged: list[str | None] = [None] * self.k
 
     # ------------------------------------------------------------------ helpers
+    def mixed_precision(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for network and GAN forwards (``autocast: bf16``), else a no-op.
+
+        Only the convolutions and matmuls of D/A/V/L/E, G and the discriminator run in bfloat16;
+        their outputs are cast back before the renderer, the losses and Adam, which stay in the
+        group's dtype (normals are finite differences of depth, too fine for bfloat16's 8 bits).
+        """
+        if self.cfg.autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def net(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Network ``name`` (stacked over the K instances) on ``x``, in the group's dtype."""
+        with self.mixed_precision():
+            out = self.nets[name](x)
+        return out.to(self.dtype)
+
     def generate(self, w: torch.Tensor, per_instance: int) -> torch.Tensor:
         """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (spec §3.2)."""
         cfg, gan = self.cfg, self.rec.gan
         kwargs = {}
         if cfg.truncation < 1:
             kwargs = dict(truncation=cfg.truncation, truncation_latent=self.rec.truncation_latent)
-        parts = [gan.generator([part], input_is_latent=True, randomize_noise=False, **kwargs)[0]
-                 for part in w.split(self.gan_chunk * per_instance)]
-        img = parts[0] if len(parts) == 1 else torch.cat(parts)
+        with self.mixed_precision():
+            parts = [gan.generator([part], input_is_latent=True, randomize_noise=False, **kwargs)[0]
+                     for part in w.split(self.gan_chunk * per_instance)]
+        img = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
         origins = {i.origin_size for i in self.instances}
         if len(origins) == 1:
             out = prepare_gan_output(img, origins.pop(), cfg.crop, self.size)
@@ -124,8 +143,10 @@ class InstanceGroup:
     def disc_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Discriminator features of (K*N,3,S,S) images for the step-2 loss, ``gan_chunk`` instances per call."""
         rows = self.gan_chunk * (x.shape[0] // self.k)
-        parts = [self.rec.disc_features(part) for part in x.split(rows)]
-        return parts[0] if len(parts) == 1 else [torch.cat(level) for level in zip(*parts)]
+        with self.mixed_precision():
+            parts = [self.rec.disc_features(part) for part in x.split(rows)]
+        levels = parts[0] if len(parts) == 1 else [torch.cat(level) for level in zip(*parts)]
+        return [level.to(self.dtype) for level in levels]
 
     def depth_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """D's raw map (K,N,1,S,S) -> depth (K,N,S,S) in (min, max): mean-subtract, tanh, rescale (spec §2.1)."""
@@ -171,9 +192,9 @@ class InstanceGroup:
 
     def run_net(self, name: str, x: torch.Tensor, train: tuple[str, ...]) -> torch.Tensor:
         if name in train:
-            return self.nets[name](x)
+            return self.net(name, x)
         with torch.no_grad():
-            return self.nets[name](x)
+            return self.net(name, x)
 
     def forward_input(self, flip: bool, train: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Predict depth, albedo, view and light of the input and re-render it (spec §2, forward_step1)."""
@@ -272,9 +293,9 @@ class InstanceGroup:
         k, n = pseudo.shape[:2]
         ctx = torch.enable_grad() if train else torch.no_grad()
         with ctx:
-            e = self.nets["netEnc"](pseudo)  # (K,n,D)
+            e = self.net("netEnc", pseudo)  # (K,n,D)
             if self.cfg.relative_enc:
-                e = e - self.nets["netEnc"](self.gan_images)
+                e = e - self.net("netEnc", self.gan_images)
             dw = self.rec.projector.offset(e.reshape(k * n, -1)).reshape(k, n, -1)
             w = (self.latents + dw).reshape(k * n, -1)
             projected = self.generate(w, per_instance=n)
@@ -324,8 +345,8 @@ class InstanceGroup:
         loss_in = self.input_loss(out)
         proj, pmask = self.next_pool_batch()
         k, b = proj.shape[:2]
-        view = self.nets["netV"](proj)
-        light = self.nets["netL"](proj)
+        view = self.net("netV", proj)
+        light = self.net("netL", proj)
         if cfg.add_mean_V:
             view = view + self.view_mean
         if cfg.add_mean_L:
@@ -404,7 +425,7 @@ class InstanceGroup:
         ]).to(self.device, self.dtype)[:, None]  # (K,1,S,S)
 
         def loss():
-            depth = self.depth_from_raw(self.nets["netD"](self.images))
+            depth = self.depth_from_raw(self.net("netD", self.images))
             return (depth - targets).pow(2).mean(dim=(1, 2, 3)), {}
 
         self._optimise("prior", cfg.prior_fit_iters, loss)
