@@ -11,6 +11,9 @@ seeds, and writes JSON.
 
     python bench/quality.py                      # 16 instances, reduced CPU schedule
     python bench/quality.py --full --device cuda # the reference synface schedule
+    python bench/quality.py --pretrain 96 --set weight_decay=0
+                                                 # the same from joint pre-training (built once, ~1 h
+                                                 # here, cached): beats the prior (docs/quality.md)
     python bench/quality.py --full --device cuda --pretrain 200
                                                  # the reference synface protocol: instances start
                                                  # from joint pre-training, not from the prior fit
@@ -151,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain", type=int, default=0, metavar="N",
                    help="start every instance from joint pre-training on N training samples of the family "
                         "(the reference's synface protocol; cached) instead of fitting the prior per instance")
-    p.add_argument("--pretrain-fast", type=float, default=0.25,
-                   help="schedule scale of the pre-training (default %(default)s: 5,850 iterations, ~23 min "
-                        "on a 2-core CPU; --full uses 1)")
+    p.add_argument("--pretrain-fast", type=float, default=0.5,
+                   help="schedule scale of the pre-training (default %(default)s: 11,700 iterations, about an "
+                        "hour on a 2-core CPU; --full uses 1)")
     p.add_argument("--batch", type=int, default=None, help="instances trained together (default: 1 on CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=64)
