@@ -54,12 +54,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     bundle = build_synthetic_bundle(Path(args.bundle_dir or cache_dir() / f"synthetic-{args.size}"), size=args.size)
-    overrides = {"fast": 1.0 if args.full else args.fast, **parse_assignments(args.set)}
+    settings = parse_assignments(args.set)
+    overrides = {"fast": 1.0 if args.full else args.fast, **settings}
     pretraining = None
     if args.pretrain:
         pre_fast = 1.0 if args.full else args.pretrain_fast
         bundle, pretraining = pretrained_synthetic_bundle(bundle, args.pretrain, fast=pre_fast, device=args.device,
-                                                          overrides=parse_assignments(args.set))
+                                                          overrides=settings)
         print(f"pre-trained on {args.pretrain} training samples: {pretraining['iterations']} "
               f"({pretraining['seconds']:.0f}s{', cached' if pretraining['reused'] else ''})", flush=True)
     rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides=overrides)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..bundle import load_bundle, write_bundle
+from ..config import load_config
 from ..joint import pretrain
-from ..reconstructor import Reconstructor
+from ..reconstructor import Reconstructor, resolve_device
 from .dataset import HELD_OUT_SEED_BASE, sample_instances
 
 log = logging.getLogger(__name__)
@@ -44,19 +45,20 @@ def pretrained_synthetic_bundle(base_manifest: str | Path, n_samples: int, *, fa
                          f"(the held-out ones), got {n_samples} from seed {seed}")
     base_manifest = Path(base_manifest)
     folder = base_manifest.parent
-    rec = Reconstructor(str(base_manifest), PRETRAIN_PRESET, device=device,
-                        overrides={"fast": fast, **dict(overrides or {})})
+    # The cache key needs only the config: the GAN and networks are built when there is training to do.
+    cfg = load_config(PRETRAIN_PRESET, {"fast": fast, **dict(overrides or {})})
+    dev = resolve_device(device)
     stamp = folder / "stamp.json"
-    key = rec.config.hash({"n_samples": n_samples, "seed": seed, "device": rec.device.type,
-                           "instrument": stamp.read_text() if stamp.is_file() else str(base_manifest.resolve())})
+    key = cfg.hash({"n_samples": n_samples, "seed": seed, "device": dev.type,
+                    "instrument": stamp.read_text() if stamp.is_file() else str(base_manifest.resolve())})
     checkpoint = folder / f"pretrained-{key}.pth"
     manifest = folder / f"synthetic-pretrained-{key}.yaml"
     info = {"preset": PRETRAIN_PRESET, "fast": fast, "overrides": dict(overrides or {}), "n_samples": n_samples,
-            "seed": seed, "device": str(rec.device),
-            "iterations": {"prior": rec.config.prior_fit_iters, **rec.config.total_iterations()},
-            "collect_passes": rec.config.collect * rec.config.num_stage, "checkpoint": str(checkpoint),
+            "seed": seed, "device": str(dev), "iterations": {"prior": cfg.prior_fit_iters, **cfg.total_iterations()},
+            "collect_passes": cfg.collect * cfg.num_stage, "checkpoint": str(checkpoint),
             "seconds": 0.0, "reused": True}
     if not (checkpoint.is_file() and manifest.is_file()):
+        rec = Reconstructor(str(base_manifest), device=dev, config=cfg)
         samples = sample_instances(rec.gan, n_samples, seed=seed)  # seeds seed .. seed+n-1: the training side
         items = [{"image": s.image, "latent": s.latent, "mask": s.mask, "seed": s.seed} for s in samples]
         start = time.perf_counter()
