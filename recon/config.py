@@ -32,6 +32,7 @@ CHOICES = {
     "network_batching": ("auto", "vmap", "loop"),
     "adam_impl": ("fused", "foreach", "loop"),
     "autocast": ("none", "bf16"),
+    "modconv": ("grouped", "dense"),
 }
 
 
@@ -87,6 +88,7 @@ class GAN2ShapeConfig:
     gan_chunk: int = 0
     adam_impl: str = "fused"
     autocast: str = "none"
+    modconv: str = "grouped"
     fast: float = 1.0
     default_mask_box: list = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
     border_weight: float = 1.02

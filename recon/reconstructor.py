@@ -74,6 +74,8 @@ class Reconstructor:
 
         self.gan = load_gan(self.bundle.stylegan2, self.device, storage_options=storage_options)
         self.gan.generator.to(dtype)
+        if hasattr(self.gan.generator, "set_modconv_layout"):  # the synthetic instrument has no modulated convs
+            self.gan.generator.set_modconv_layout(cfg.modconv)
         if self.gan.discriminator is not None:
             self.gan.discriminator.to(dtype)
         if self.gan.discriminator is None:

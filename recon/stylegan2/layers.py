@@ -91,7 +91,19 @@ class Upsample(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    """Style-modulated convolution (per-sample weights via grouped convolution)."""
+    """Style-modulated convolution.
+
+    Two computations of the same function, chosen by ``layout``:
+
+    * ``"grouped"`` (the reference's): scale the weight per sample, then one grouped
+      convolution with a group per sample.
+    * ``"dense"``: scale the input channels by the style, run one ordinary convolution
+      with the shared weight over the whole batch, then scale each output channel by
+      the demodulation factor. Algebraically identical (the style multiplies input
+      channels, demodulation output channels, and both commute with the convolution
+      and the blur); on a GPU a dense convolution over a large batch uses the matrix
+      units far better than many small groups (StyleGAN2-ADA trains this way).
+    """
 
     def __init__(
         self,
@@ -106,6 +118,7 @@ class ModulatedConv2d(nn.Module):
         super().__init__()
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel
         self.demodulate = demodulate
+        self.layout = "grouped"
         self.upsample = upsample
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel))
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
@@ -117,6 +130,8 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur(blur_taps, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), gain=factor * factor)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if self.layout == "dense":
+            return self._forward_dense(x, style)
         b, in_ch, h, w = x.shape
         s = self.modulation(style).reshape(b, 1, in_ch, 1, 1)
         weight = self.scale * self.weight * s  # (B, out, in, k, k)
@@ -134,6 +149,21 @@ class ModulatedConv2d(nn.Module):
         weight = weight.reshape(b * self.out_ch, in_ch, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=b)
         return out.reshape(b, self.out_ch, out.shape[-2], out.shape[-1])
+
+    def _forward_dense(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        s = self.modulation(style)  # (B, in)
+        weight = self.scale * self.weight[0]  # (out, in, k, k), shared by the batch
+        x = x * s.reshape(b, -1, 1, 1).to(x.dtype)
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0))
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # |scale * W[o] * s|^2 summed over inputs and taps = s^2 . (scale^2 * sum_taps W[o]^2)
+            demod = torch.rsqrt(s.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t() + 1e-8)  # (B, out)
+            out = out * demod.reshape(b, -1, 1, 1).to(out.dtype)
+        return out
 
 
 class NoiseInjection(nn.Module):

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import ConstantInput, ConvLayer, EqualLinear, PixelNorm, ResBlock, StyledConv, ToRGB
+from .layers import ConstantInput, ConvLayer, EqualLinear, ModulatedConv2d, PixelNorm, ResBlock, StyledConv, ToRGB
 
 BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512}
 MULTIPLIED_CHANNELS = {64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
@@ -109,6 +109,14 @@ class Generator(nn.Module):
             self.convs.append(StyledConv(out_ch, out_ch, 3, config.style_dim, blur_taps=taps))
             self.to_rgbs.append(ToRGB(out_ch, config.style_dim, blur_taps=taps))
             in_ch = out_ch
+
+    def set_modconv_layout(self, layout: str) -> None:
+        """Compute every modulated convolution as ``grouped`` (reference) or ``dense`` (same function)."""
+        if layout not in ("grouped", "dense"):
+            raise ValueError(f"modulated-convolution layout must be grouped or dense, got {layout!r}")
+        for module in self.modules():
+            if isinstance(module, ModulatedConv2d):
+                module.layout = layout
 
     # --- mapping network -------------------------------------------------
     def style_forward(self, x: torch.Tensor, skip: int = 0, depth: int | None = None) -> torch.Tensor:
