@@ -1,0 +1,255 @@
+"""Full-schedule instances per hour, from timed iterations of every step, one-at-a-time vs batched.
+
+The reference schedule of a 128px preset is thousands of iterations per image
+(celeba: 1,000 prior-fit, 1,200 step-1, 2,100 step-2 and 1,300 step-3 iterations
+and 400 collection passes), so one full run per setting does not fit a short
+device lease. This bench runs the real ``Reconstructor.reconstruct_many`` at a
+small ``--fast`` (every step still runs several iterations, at every stage),
+reads the seconds and iterations the engine records per step, and prices the
+full schedule with them:
+
+    full seconds per group = sum over steps (full iterations x seconds per iteration) + setup
+
+where "setup" is the measured rest of the run (building the group, the first
+GAN pass, results). Each setting gets one untimed warm-up run first (cuDNN
+autotuning, lazy CUDA initialisation) at ``--warmup-fast``. It also runs
+the end-to-end run's own figure (instances per hour at ``--fast``, setup
+included) beside the extrapolation.
+
+``--gan reference`` (default) builds a randomly initialised StyleGAN2 with the
+architecture the preset's checkpoint has (celeba: 128px, channel multiplier 1,
+spec table in stylegan2_spec.md), random LPIPS weights and fixed view/light
+priors: the cost of every kernel is that of the real model; the images are not
+faces, so no quality is measured here (``bench/throughput.py`` measures quality
+on the ground-truth instrument). ``--gan synthetic`` uses that instrument.
+
+Settings are named ``K:key=value,key=value``; K=1 with no keys is the
+reference's one-image-at-a-time loop.
+
+    python bench/step_throughput.py --device cuda --preset celeba \\
+        --settings 1: 8: 8:modconv=dense 8:modconv=dense,autocast=bf16 32:modconv=dense,autocast=bf16
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from recon import Reconstructor  # noqa: E402
+from recon.bundle import write_bundle  # noqa: E402
+from recon.config import load_config, parse_assignments  # noqa: E402
+from recon.storage import cache_dir  # noqa: E402
+from recon.stylegan2 import Discriminator, Generator, StyleGAN2, StyleGAN2Config, save_stylegan2  # noqa: E402
+from throughput import device_peak, flops_per_instance  # noqa: E402
+
+#: The StyleGAN2 each preset's checkpoint holds (stylegan2_spec.md, table of configs): size, channel multiplier.
+REFERENCE_GANS = {"celeba": (128, 1), "celeba_pretrain": (128, 1), "synface": (128, 1), "cat": (256, 1),
+                  "church": (256, 2), "car": (512, 2)}
+#: Fixed priors for the random GAN (network output space; the method only samples from them).
+VIEW_MVN = {"mean": [0.0] * 6, "cov": [[(0.05 if i < 3 else 0.01) if i == j else 0.0 for j in range(6)]
+                                       for i in range(6)]}
+LIGHT_MVN = {"mean": [0.0, 0.0, 0.0, 0.5], "cov": [[0.01 if i == j else 0.0 for j in range(4)] for i in range(4)]}
+
+
+def reference_architecture_bundle(preset: str, folder: Path) -> Path:
+    """A bundle whose StyleGAN2 has the preset checkpoint's architecture and random weights."""
+    size, multiplier = REFERENCE_GANS[preset]
+    manifest = folder / f"random-{size}-m{multiplier}.yaml"
+    if manifest.is_file():
+        return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    config = StyleGAN2Config(size=size, channel_multiplier=multiplier)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        g = Generator(config)
+        with torch.no_grad():  # keep random ToRGB outputs in a trained model's range
+            for rgb in [g.to_rgb1, *g.to_rgbs]:
+                rgb.conv.weight.mul_(0.3)
+        d = Discriminator(size, channel_multiplier=multiplier)
+    gan_file = folder / f"random-{size}-m{multiplier}.pt"
+    save_stylegan2(StyleGAN2(generator=g, discriminator=d, latent_avg=None, config=config), gan_file)
+    from recon.lpips import write_random_lpips_weights
+
+    write_random_lpips_weights(folder / "vgg16_random.pth", folder / "lpips_heads_random.pth", seed=0)
+    return write_bundle(manifest, {
+        "description": f"random StyleGAN2 with the {preset} checkpoint's architecture (a timing instrument)",
+        "stylegan2": gan_file.name, "view_mvn": VIEW_MVN, "light_mvn": LIGHT_MVN,
+        "lpips": {"vgg16": "vgg16_random.pth", "heads": "lpips_heads_random.pth"}})
+
+
+def make_items(rec: Reconstructor, n: int, seed: int = 0) -> list[dict]:
+    """``n`` inputs: the GAN's own samples and their W codes."""
+    if hasattr(rec.gan.generator, "render_w"):  # the synthetic instrument
+        from recon.synthetic.dataset import sample_instances
+
+        return [{"image": i.image, "latent": i.latent, "mask": i.mask, "seed": i.seed}
+                for i in sample_instances(rec.gan, n)]
+    g = rec.gan.generator
+    with torch.no_grad():
+        z = torch.randn(n, g.style_dim, generator=torch.Generator().manual_seed(seed)).to(rec.device)
+        w = g.get_latent(z)
+        img, _ = g([w], input_is_latent=True, randomize_noise=False)
+    images = ((img.clamp(-1, 1).permute(0, 2, 3, 1) + 1) * 127.5).round().byte().cpu().numpy()
+    return [{"image": images[i], "latent": w[i].float().cpu().numpy(), "seed": seed + i} for i in range(n)]
+
+
+def parse_setting(text: str) -> tuple[int, dict]:
+    k, _, rest = text.partition(":")
+    return int(k), parse_assignments([kv for kv in rest.split(",") if kv])
+
+
+def full_counts(preset: str, overrides: dict, pretrained: bool) -> dict[str, int]:
+    cfg = load_config(preset, {**overrides, "fast": 1.0})
+    counts = dict(cfg.total_iterations())
+    counts["prior"] = 0 if pretrained else cfg.prior_fit_iters
+    counts["collect"] = cfg.collect * cfg.num_stage
+    return counts
+
+
+def measure(bundle: Path, args, k: int, overrides: dict) -> dict:
+    """Warm-up run, then a timed run of K instances together; per-step rates and the full-schedule price."""
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides={**overrides, "fast": args.warmup_fast})
+    items = make_items(rec, k)
+    warm = rec.reconstruct_many(items, batch_size=k)
+    if isinstance(warm[0], Exception):
+        raise warm[0]
+    del rec, warm
+    gc.collect()
+    rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides={**overrides, "fast": args.fast})
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    start = time.perf_counter()
+    results = rec.reconstruct_many(items, batch_size=k)
+    sync()
+    seconds = time.perf_counter() - start
+    bad = [r for r in results if isinstance(r, Exception)]
+    if bad:
+        raise bad[0]
+    r0 = results[0]
+    per_iter = {step: r0.step_seconds[step] / max(1, r0.iterations.get(step, rec.config.collect * rec.config.num_stage))
+                for step in r0.step_seconds}
+    if "collect" in per_iter:
+        per_iter["collect"] = r0.step_seconds["collect"] / (rec.config.collect * rec.config.num_stage)
+    setup = seconds - sum(r0.step_seconds.values())
+    counts = full_counts(args.preset, overrides, rec.pretrained is not None)
+    full = setup + sum(per_iter.get(step, 0.0) * n for step, n in counts.items())
+    finite = all(np.isfinite(r.canonical_depth).all() for r in results)
+    peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
+    out = {"k": k, "overrides": overrides, "fast": args.fast, "seconds_at_fast": seconds,
+           "instances_per_hour_at_fast": 3600 * k / seconds, "seconds_per_iteration": per_iter,
+           "setup_seconds": setup, "full_counts": counts, "full_schedule_seconds": full,
+           "instances_per_hour_full": 3600 * k / full, "peak_memory_bytes": peak, "finite": finite}
+    del rec, results
+    gc.collect()
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="celeba")
+    p.add_argument("--gan", choices=("reference", "synthetic"), default="reference")
+    p.add_argument("--size", type=int, default=64, help="image size of the synthetic instrument (--gan synthetic)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--settings", nargs="+", default=["1:", "8:"], help="K:key=value,... (default: %(default)s)")
+    p.add_argument("--fast", type=float, default=0.01, help="schedule scale of the timed run (default %(default)s)")
+    p.add_argument("--warmup-fast", type=float, default=0.002)
+    p.add_argument("--budget-s", type=float, default=None, help="skip the remaining settings after this long")
+    p.add_argument("--no-flops", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applies to every setting")
+    p.add_argument("--json", default="bench/results/step_throughput.json")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.gan == "reference":
+        bundle = reference_architecture_bundle(args.preset, cache_dir() / "bench-reference-gans")
+    else:
+        from recon.synthetic.bundle import build_synthetic_bundle
+
+        bundle = build_synthetic_bundle(cache_dir() / f"synthetic-{args.size}", size=args.size)
+    common = parse_assignments(args.set)
+    if args.gan == "synthetic":
+        common = {"image_size": args.size, **common}
+    report = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": args.device,
+                          "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+              "preset": args.preset, "gan": args.gan, "fast": args.fast, "set": args.set, "runs": [], "skipped": []}
+
+    def save():
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=1))
+
+    print(f"bundle built/found in {time.perf_counter() - t0:.1f}s; device {report['machine']}", flush=True)
+    if not args.no_flops:
+        rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides=common)
+        item = make_items(rec, 1)[0]
+        report["flops_per_instance"] = flops_per_instance(rec, item["image"], item["latent"], item.get("mask"))
+        report["device_peak_flops"] = device_peak(args.device)
+        del rec
+        f = report["flops_per_instance"]
+        print(f"FLOPs per instance, full schedule: {f['total'] / 1e12:.2f} TFLOP (per iteration, GFLOP: "
+              + ", ".join(f"{s} {v / 1e9:.1f}" for s, v in f["per_iteration"].items()) + "); device peak: "
+              + ", ".join(f"{d} {v / 1e12:.1f} TFLOP/s" for d, v in report["device_peak_flops"].items()), flush=True)
+        save()
+    for text in args.settings:
+        if args.budget_s is not None and time.perf_counter() - t0 > args.budget_s:
+            report["skipped"].append(text)
+            print(f"skipped {text}: over the {args.budget_s:.0f}s budget", flush=True)
+            continue
+        k, overrides = parse_setting(text)
+        try:
+            run = measure(bundle, args, k, {**common, **overrides})
+        except Exception as exc:  # one setting failing (e.g. out of memory) must not lose the others
+            report["runs"].append({"setting": text, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{text}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            gc.collect()
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            save()
+            continue
+        run["setting"] = text
+        if "flops_per_instance" in report:
+            achieved = report["flops_per_instance"]["total"] * run["instances_per_hour_full"] / 3600
+            run["achieved_flops"] = achieved
+            run["fraction_of_peak"] = achieved / max(report["device_peak_flops"].values())
+        report["runs"].append(run)
+        save()
+        rates = ", ".join(f"{s} {1e3 * v:.1f}" for s, v in run["seconds_per_iteration"].items())
+        peak = f"{run['peak_memory_bytes'] / 2**30:.1f} GiB" if run["peak_memory_bytes"] is not None else "n/a"
+        print(f"{text:40s} full schedule {run['instances_per_hour_full']:8.1f} inst/h "
+              f"({run['full_schedule_seconds']:.0f}s per group of {k}); at fast {args.fast}: "
+              f"{run['instances_per_hour_at_fast']:.1f} inst/h in {run['seconds_at_fast']:.1f}s; "
+              f"peak {peak}; ms/iter: {rates}; setup {run['setup_seconds']:.1f}s"
+              + (f"; {100 * run['fraction_of_peak']:.2f}% of peak" if "fraction_of_peak" in run else "")
+              + ("" if run["finite"] else "; NON-FINITE OUTPUT"), flush=True)
+    ok = [r for r in report["runs"] if "error" not in r]
+    base = next((r for r in ok if r["k"] == 1 and not r["overrides"].keys() - common.keys()), None)
+    if base is not None and ok:
+        best = max(ok, key=lambda r: r["instances_per_hour_full"])
+        report["best"] = {"setting": best["setting"], "speedup_over_one_at_a_time":
+                          best["instances_per_hour_full"] / base["instances_per_hour_full"]}
+        print(f"\none-at-a-time reference loop ({base['setting']}): {base['instances_per_hour_full']:.1f} inst/h; "
+              f"best ({best['setting']}): {best['instances_per_hour_full']:.1f} inst/h = "
+              f"{report['best']['speedup_over_one_at_a_time']:.2f}x", flush=True)
+    save()
+    print(f"total {time.perf_counter() - t0:.0f}s; wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
