@@ -6,12 +6,17 @@
 #   4. bench/throughput.py: sequential vs batched on the ground-truth instrument, with SIDE/MAD.
 # Each part has its own time limit, so one that hangs or runs long does not cost the others.
 # Results go to $OUT (default bench/results/gpu). Usage: bash bench/gpu_checks.sh
+# PARTS="tests kernels steps quality" picks parts; STEP_SETTINGS replaces the settings of part 3.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RECON_CACHE_DIR=${RECON_CACHE_DIR:-/tmp/recon-cache}
 PY=${PYTHON:-python3}
+PARTS=${PARTS:-tests kernels steps quality}
+STEP_SETTINGS=${STEP_SETTINGS:-1: 8: 8:modconv=dense 8:modconv=dense,autocast=bf16 1:modconv=dense,autocast=bf16 \
+16:modconv=dense,autocast=bf16 32:modconv=dense,autocast=bf16}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 T0=$(date +%s)
 LOG="$OUT/log.txt"
 stamp() { echo "[gpu_checks] $1 at +$(( $(date +%s) - T0 ))s" | tee -a "$LOG"; }
@@ -20,25 +25,20 @@ stamp() { echo "[gpu_checks] $1 at +$(( $(date +%s) - T0 ))s" | tee -a "$LOG"; }
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } 2>&1 | tee -a "$LOG"
 
-stamp "tests"
-timeout "${T_TESTS:-60}" $PY -m pytest -q -p no:cacheprovider tests/test_renderer_gpu.py \
+want tests && stamp "tests" && timeout "${T_TESTS:-60}" $PY -m pytest -q -p no:cacheprovider tests/test_renderer_gpu.py \
     tests/test_reconstructor.py -k "cuda" 2>&1 | tee -a "$LOG"
 
-stamp "GAN kernels"
 # one instance's batch (16) under every option but compilation, then eight instances' (128) with it too
-timeout "${T_KERNELS:-150}" $PY bench/gan_kernels.py --device cuda --batches 16 \
+want kernels && stamp "GAN kernels" && timeout "${T_KERNELS:-150}" $PY bench/gan_kernels.py --device cuda --batches 16 \
     --variants "grouped fp32 (reference)" "dense fp32" "grouped bf16" "dense bf16" "dense bf16 channels-last" \
     --json "$OUT/gan_kernels_16.json" 2>&1 | tee -a "$LOG"
-timeout "${T_KERNELS:-150}" $PY bench/gan_kernels.py --device cuda --batches 128 --budget-s "${B_KERNELS:-60}" \
+want kernels && timeout "${T_KERNELS:-150}" $PY bench/gan_kernels.py --device cuda --batches 128 --budget-s "${B_KERNELS:-60}" \
     --json "$OUT/gan_kernels_128.json" 2>&1 | tee -a "$LOG"
 
-stamp "step throughput"
-timeout "${T_STEPS:-240}" $PY bench/step_throughput.py --device cuda --preset celeba --budget-s "${B_STEPS:-200}" \
-    --settings 1: 8: 8:modconv=dense 8:modconv=dense,autocast=bf16 1:modconv=dense,autocast=bf16 \
-               16:modconv=dense,autocast=bf16 32:modconv=dense,autocast=bf16 \
+want steps && stamp "step throughput" && timeout "${T_STEPS:-240}" $PY bench/step_throughput.py --device cuda \
+    --preset celeba --budget-s "${B_STEPS:-200}" --settings $STEP_SETTINGS \
     --json "$OUT/step_throughput.json" 2>&1 | tee -a "$LOG"
 
-stamp "throughput with quality"
-timeout "${T_QUALITY:-90}" $PY bench/throughput.py --device cuda --ks 8 --repeats 1 \
+want quality && stamp "throughput with quality" && timeout "${T_QUALITY:-90}" $PY bench/throughput.py --device cuda --ks 8 --repeats 1 \
     --json "$OUT/throughput.json" 2>&1 | tee -a "$LOG"
 stamp "done"

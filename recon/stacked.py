@@ -59,7 +59,16 @@ class StackedNetwork:
         if x.shape[0] != self.k:
             raise ValueError(f"expected a leading instance axis of {self.k}, got {tuple(x.shape)}")
         if self.mode == "vmap":
-            return self._batched(self._stacked_p, self._stacked_b, x)
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+            if dtype is None:
+                return self._batched(self._stacked_p, self._stacked_b, x)
+            # On CUDA, vmap's batched convolutions escaped autocast (a bfloat16 activation met a float32
+            # bias; torch 2.11), so mixed precision is applied by hand here: the same layers in the
+            # autocast dtype, from differentiable casts of the float32 weights Adam keeps.
+            with torch.autocast(x.device.type, enabled=False):
+                params = {n: t.to(dtype) for n, t in self._stacked_p.items()}
+                buffers = {n: t.to(dtype) if t.is_floating_point() else t for n, t in self._stacked_b.items()}
+                return self._batched(params, buffers, x.to(dtype))
         return torch.stack([self._one(self._each_p[i], self._each_b[i], x[i]) for i in range(self.k)])
 
     # ------------------------------------------------------------------ weights

@@ -253,8 +253,11 @@ def test_batched_run_of_three_equals_three_separate_runs(bundle, device, mode, g
     for a, b in zip(separate, batched):
         assert b.extras["batched_with"] == 3
         for field in ("canonical_depth", "view_depth", "albedo", "normal", "light", "view"):
-            diff = np.abs(getattr(a, field) - getattr(b, field)).max()
-            assert diff <= 1e-9, (field, diff)
+            x, y = getattr(a, field), getattr(b, field)
+            # results are float32 casts of the float64 state: a ~1e-15 difference can land on either
+            # side of a float32 rounding boundary (seen on CUDA: one ulp, 7.5e-9, in the normals)
+            bound = 1e-9 + np.spacing(np.maximum(np.abs(x), np.abs(y)))
+            assert (np.abs(x - y) <= bound).all(), (field, np.abs(x - y).max())
         assert a.loss_history["step3"] == pytest.approx(b.loss_history["step3"], abs=1e-9)
     # the instances really differ, so equality is not trivial
     assert np.abs(separate[0].canonical_depth - separate[1].canonical_depth).max() > 1e-3

@@ -28,7 +28,8 @@ def _truth_depth(inst: SyntheticInstance) -> torch.Tensor:
 
 
 def _scores(pred: torch.Tensor, valid: torch.Tensor, inst: SyntheticInstance, renderer: DepthRenderer) -> dict:
-    m = depth_metrics(pred.float(), valid.float(), _truth_depth(inst).float(), renderer)
+    dev = renderer.device  # results and ground truth live on the CPU; a reconstructor's renderer may not
+    m = depth_metrics(pred.float().to(dev), valid.float().to(dev), _truth_depth(inst).float().to(dev), renderer)
     return {k: float(v[0]) for k, v in m.items()}
 
 
