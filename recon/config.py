@@ -33,6 +33,7 @@ CHOICES = {
     "adam_impl": ("fused", "foreach", "loop"),
     "autocast": ("none", "bf16"),
     "modconv": ("grouped", "dense"),
+    "gan_compile": ("none", "inductor", "aot_eager"),
 }
 
 
@@ -88,7 +89,8 @@ class GAN2ShapeConfig:
     gan_chunk: int = 0
     adam_impl: str = "fused"
     autocast: str = "none"
-    modconv: str = "grouped"
+    modconv: str = "dense"
+    gan_compile: str = "none"
     fast: float = 1.0
     default_mask_box: list = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
     border_weight: float = 1.02

@@ -123,13 +123,12 @@ class InstanceGroup:
 
     def generate(self, w: torch.Tensor, per_instance: int) -> torch.Tensor:
         """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (spec §3.2)."""
-        cfg, gan = self.cfg, self.rec.gan
+        cfg = self.cfg
         kwargs = {}
         if cfg.truncation < 1:
             kwargs = dict(truncation=cfg.truncation, truncation_latent=self.rec.truncation_latent)
         with self.mixed_precision():
-            parts = [gan.generator([part], input_is_latent=True, randomize_noise=False, **kwargs)[0]
-                     for part in w.split(self.gan_chunk * per_instance)]
+            parts = [self.rec.generate(part, **kwargs) for part in w.split(self.gan_chunk * per_instance)]
         img = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
         origins = {i.origin_size for i in self.instances}
         if len(origins) == 1:

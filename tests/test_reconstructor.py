@@ -312,6 +312,45 @@ def test_bf16_autocast_runs_networks_and_gan_in_bfloat16_and_keeps_outputs_float
     assert 0 < gap < 0.05, gap
 
 
+def test_compiled_gan_is_used_and_gives_the_same_reconstruction(bundle):
+    """``gan_compile`` routes every generator and discriminator-feature call of the method through
+    torch.compile (graphs are really captured) without changing the result. The ``aot_eager``
+    backend traces forward and backward like ``inductor`` but runs the captured ops as they
+    are, so equality is exact; inductor's fused kernels round differently (its speed-up is
+    measured by bench/gan_kernels.py on a GPU)."""
+    from torch._dynamo.utils import counters
+
+    img, w = _sample(Reconstructor(bundle, "synface", overrides=FAST), seed=6)
+    results = {}
+    for mode in ("none", "aot_eager"):
+        before = counters["stats"]["unique_graphs"]
+        rec = Reconstructor(bundle, "synface", overrides={**FAST, "gan_compile": mode})
+        results[mode] = rec.reconstruct(img, w, seed=6)
+        captured = counters["stats"]["unique_graphs"] - before
+        assert (captured > 0) == (mode != "none"), (mode, captured)
+    for field in ("canonical_depth", "albedo", "light", "view"):
+        np.testing.assert_array_equal(getattr(results["aot_eager"], field), getattr(results["none"], field))
+
+
+def test_batch_size_suggestion_follows_free_gpu_memory_and_the_measured_cost_per_instance(bundle, monkeypatch):
+    """On CUDA, K comes from free memory and the per-instance peak measured on an H200, scaled
+    to this GAN's size and batch: a card with room for 3.x instances gets 3; bf16 fits more; the
+    CPU always gets 1."""
+    rec = Reconstructor(bundle, "synface", overrides=FAST)
+    assert rec.suggest_batch_size() == 1
+    gan_size, batch = rec.gan.generator.size, rec.config.batchsize
+    per_instance = 5.0 * 2**30 * (gan_size / 128) ** 2 * (batch / 16)
+    monkeypatch.setattr(rec, "device", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(3.5 * per_instance / 0.9), 0))
+    assert rec.suggest_batch_size() == 3
+    monkeypatch.setattr(rec.config, "autocast", "bf16")
+    assert rec.suggest_batch_size() == 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**15, 0))
+    assert rec.suggest_batch_size() == 32
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 0))
+    assert rec.suggest_batch_size() == 1
+
+
 def test_a_finished_group_frees_its_networks_without_the_cyclic_collector(rec):
     """An actor runs group after group: a group's K copies of D/A/V/L/E, their gradients and
     Adam state must be freed by reference counting when the group ends, not linger (gigabytes at
