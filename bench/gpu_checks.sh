@@ -14,8 +14,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RECON_CACHE_DIR=${RECON_CACHE_DIR:-/tmp/recon-cache}
 PY=${PYTHON:-python3}
 PARTS=${PARTS:-tests kernels steps quality}
-STEP_SETTINGS=${STEP_SETTINGS:-1: 8: 8:modconv=dense 8:modconv=dense,autocast=bf16 1:modconv=dense,autocast=bf16 \
-16:modconv=dense,autocast=bf16 32:modconv=dense,autocast=bf16}
+STEP_SETTINGS=${STEP_SETTINGS:-1:modconv=grouped 8:modconv=grouped 8: 8:autocast=bf16 1:autocast=bf16 \
+16:autocast=bf16 32:autocast=bf16 8:autocast=bf16,gan_compile=inductor 32:autocast=bf16,gan_compile=inductor}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 T0=$(date +%s)
 LOG="$OUT/log.txt"
