@@ -18,7 +18,10 @@ iteration of each step.
 
     python bench/throughput.py                           # CPU, K = 1 2 4 8, reduced schedule
     python bench/throughput.py --warm --ks 4 8 --json bench/results/throughput_warm.json   # actor steady state
-    python bench/throughput.py --device cuda --ks 1 2 4 8 16 32 --preset celeba --size 128 --full
+    python bench/throughput.py --device cuda --ks 1 2 4 8 16 32
+
+A full reference schedule per setting is too long to run side by side; for a 128px preset's
+full-schedule price on a GPU see bench/step_throughput.py.
 """
 from __future__ import annotations
 
