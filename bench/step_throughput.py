@@ -142,10 +142,9 @@ def measure(bundle: Path, args, k: int, overrides: dict) -> dict:
     if bad:
         raise bad[0]
     r0 = results[0]
-    per_iter = {step: r0.step_seconds[step] / max(1, r0.iterations.get(step, rec.config.collect * rec.config.num_stage))
-                for step in r0.step_seconds}
-    if "collect" in per_iter:
-        per_iter["collect"] = r0.step_seconds["collect"] / (rec.config.collect * rec.config.num_stage)
+    passes = rec.config.collect * rec.config.num_stage  # the engine times collection per pass, not per iteration
+    per_iter = {step: secs / (passes if step == "collect" else r0.iterations[step])
+                for step, secs in r0.step_seconds.items()}
     setup = seconds - sum(r0.step_seconds.values())
     counts = full_counts(args.preset, overrides, rec.pretrained is not None)
     full = setup + sum(per_iter.get(step, 0.0) * n for step, n in counts.items())
@@ -233,7 +232,7 @@ def main(argv=None) -> int:
         save()
         rates = ", ".join(f"{s} {1e3 * v:.1f}" for s, v in run["seconds_per_iteration"].items())
         peak = f"{run['peak_memory_bytes'] / 2**30:.1f} GiB" if run["peak_memory_bytes"] is not None else "n/a"
-        print(f"{text:40s} full schedule {run['instances_per_hour_full']:8.1f} inst/h "
+        print(f"{text:40s} full schedule {run['instances_per_hour_full']:8.3g} inst/h "
               f"({run['full_schedule_seconds']:.0f}s per group of {k}); at fast {args.fast}: "
               f"{run['instances_per_hour_at_fast']:.1f} inst/h in {run['seconds_at_fast']:.1f}s; "
               f"peak {peak}; ms/iter: {rates}; setup {run['setup_seconds']:.1f}s"
@@ -246,8 +245,8 @@ def main(argv=None) -> int:
         best = max(ok, key=lambda r: r["instances_per_hour_full"])
         report["best"] = {"setting": best["setting"], "speedup_over_one_at_a_time":
                           best["instances_per_hour_full"] / base["instances_per_hour_full"]}
-        print(f"\nbaseline, one at a time ({base['setting']}): {base['instances_per_hour_full']:.1f} inst/h; "
-              f"best ({best['setting']}): {best['instances_per_hour_full']:.1f} inst/h = "
+        print(f"\nbaseline, one at a time ({base['setting']}): {base['instances_per_hour_full']:.3g} inst/h; "
+              f"best ({best['setting']}): {best['instances_per_hour_full']:.3g} inst/h = "
               f"{report['best']['speedup_over_one_at_a_time']:.2f}x", flush=True)
     save()
     print(f"total {time.perf_counter() - t0:.0f}s; wrote {args.json}")
