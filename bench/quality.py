@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     shape_only: list[dict] = []
     timing = {}
     for seed in args.seeds:
-        items = [{"image": i.image, "latent": i.latent, "mask": i.mask, "seed": seed * 100_000 + i.seed}
-                 for i in instances]
+        items = [i.as_input(seed=seed * 100_000 + i.seed) for i in instances]
         start = time.perf_counter()
         results = rec.reconstruct_many(items, batch_size=args.batch)
         timing[seed] = time.perf_counter() - start

@@ -95,8 +95,7 @@ def make_items(rec: Reconstructor, n: int, seed: int = 0) -> list[dict]:
     if hasattr(rec.gan.generator, "render_w"):  # the synthetic instrument
         from recon.synthetic.dataset import sample_instances
 
-        return [{"image": i.image, "latent": i.latent, "mask": i.mask, "seed": i.seed}
-                for i in sample_instances(rec.gan, n)]
+        return [i.as_input() for i in sample_instances(rec.gan, n)]
     g = rec.gan.generator
     with torch.no_grad():
         z = torch.randn(n, g.style_dim, generator=torch.Generator().manual_seed(seed)).to(rec.device)

@@ -64,7 +64,7 @@ def child(args) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     rec = _reconstructor(args)
     instances = sample_instances(rec.gan, args.k)
-    items = [{"image": i.image, "latent": i.latent, "mask": i.mask, "seed": i.seed} for i in instances]
+    items = [i.as_input() for i in instances]
 
     def run_once():
         if args.mode == "a":

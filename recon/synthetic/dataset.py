@@ -23,6 +23,11 @@ class SyntheticInstance:
     truth: RenderedSample    # batch of 1, float tensors on the CPU
     seed: int
 
+    def as_input(self, seed: int | None = None) -> dict:
+        """What ``Reconstructor.reconstruct_many`` takes for this sample (method seed: its own by default)."""
+        return {"image": self.image, "latent": self.latent, "mask": self.mask,
+                "seed": self.seed if seed is None else seed}
+
 
 @torch.no_grad()
 def sample_instances(gan: SyntheticGAN, n: int, seed: int = HELD_OUT_SEED_BASE) -> list[SyntheticInstance]:

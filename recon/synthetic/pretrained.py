@@ -60,7 +60,7 @@ def pretrained_synthetic_bundle(base_manifest: str | Path, n_samples: int, *, fa
     if not (checkpoint.is_file() and manifest.is_file()):
         rec = Reconstructor(str(base_manifest), device=dev, config=cfg)
         samples = sample_instances(rec.gan, n_samples, seed=seed)  # seeds seed .. seed+n-1: the training side
-        items = [{"image": s.image, "latent": s.latent, "mask": s.mask, "seed": s.seed} for s in samples]
+        items = [s.as_input() for s in samples]
         start = time.perf_counter()
         partial = checkpoint.with_suffix(".partial")
         pretrain(rec, items, partial, seed=seed)
