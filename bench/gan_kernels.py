@@ -34,6 +34,7 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from recon.losses import discriminator_feature_loss, masked_l1  # noqa: E402
 from recon.storage import cache_dir  # noqa: E402
 from recon.stylegan2 import load_stylegan2  # noqa: E402
 from step_throughput import reference_architecture_bundle  # noqa: E402
@@ -48,19 +49,19 @@ VARIANTS = {
 }
 
 
-def step2_gan_pass(g, d, w, dw, target, mask, bf16: bool, channels_last: bool):
+def step2_gan_pass(g, features, w, dw, target, mask, bf16: bool, channels_last: bool):
+    """Step 2's GAN part with the method's own losses (``InstanceGroup.step2_loss`` without E)."""
     ctx = torch.autocast(w.device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(w.device.type, enabled=False)
     with ctx:
-        img, _ = g([w + dw], input_is_latent=True, randomize_noise=False)
-        img = img.float()
-        if channels_last:
-            img = img.contiguous(memory_format=torch.channels_last)
-        fx = d.features(img, num=4)
-        with torch.no_grad():
-            fy = d.features(target, num=4)
-    loss = ((img - target).abs() * mask).mean()
-    for a, b in zip(fx, fy):
-        loss = loss + (a.float() - b.float()).abs().mean()
+        img = g([w + dw], input_is_latent=True, randomize_noise=False)[0].float()
+    if channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
+
+    def float_features(x):  # as InstanceGroup.disc_features: under autocast, levels cast back
+        with ctx:
+            return [level.float() for level in features(x, num=4)]
+
+    loss = masked_l1(img, target, mask) + discriminator_feature_loss(float_features, img, target, mask)
     loss.backward()
     return img.detach()
 
@@ -83,7 +84,7 @@ def run_variant(name: str, opts: dict, gan_path: Path, batch: int, args) -> dict
         mask = torch.ones(batch, 1, g.size, g.size, device=args.device)
     if opts["channels_last"]:
         target = target.contiguous(memory_format=torch.channels_last)
-    gf, dfeat = (torch.compile(g), _CompiledFeatures(d)) if opts["compile"] else (g, d)
+    gf, features = (torch.compile(g), torch.compile(d.features)) if opts["compile"] else (g, d.features)
     t_compile = None
     dw = torch.zeros_like(w, requires_grad=True)
 
@@ -92,7 +93,7 @@ def run_variant(name: str, opts: dict, gan_path: Path, batch: int, args) -> dict
     img = None
     for _ in range(args.warmup):
         dw.grad = None
-        img = step2_gan_pass(gf, dfeat, w, dw, target, mask, opts["bf16"], opts["channels_last"])
+        img = step2_gan_pass(gf, features, w, dw, target, mask, opts["bf16"], opts["channels_last"])
     sync()
     if opts["compile"]:
         t_compile = time.perf_counter() - t
@@ -101,23 +102,13 @@ def run_variant(name: str, opts: dict, gan_path: Path, batch: int, args) -> dict
         dw.grad = None
         sync()
         t = time.perf_counter()
-        step2_gan_pass(gf, dfeat, w, dw, target, mask, opts["bf16"], opts["channels_last"])
+        step2_gan_pass(gf, features, w, dw, target, mask, opts["bf16"], opts["channels_last"])
         sync()
         times.append(time.perf_counter() - t)
     ms = 1e3 * statistics.median(times)
     return {"variant": name, "batch": batch, "ms": ms, "images_per_s": batch / ms * 1e3,
             "compile_and_warmup_s": t_compile, "image": img[:4].float().cpu(),
             "peak_memory_bytes": torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None}
-
-
-class _CompiledFeatures:
-    """The discriminator's ``features`` method, compiled."""
-
-    def __init__(self, d):
-        self._fn = torch.compile(d.features)
-
-    def features(self, x, num=4):
-        return self._fn(x, num=num)
 
 
 def main(argv=None) -> int:
