@@ -32,6 +32,7 @@ CHOICES = {
     "network_batching": ("auto", "vmap", "loop"),
     "adam_impl": ("fused", "foreach", "loop"),
     "autocast": ("none", "bf16"),
+    "lpips_autocast": ("none", "bf16"),
     "modconv": ("grouped", "dense"),
     "gan_compile": ("none", "inductor", "aot_eager"),
 }
@@ -89,6 +90,7 @@ class GAN2ShapeConfig:
     gan_chunk: int = 0
     adam_impl: str = "fused"
     autocast: str = "none"
+    lpips_autocast: str = "none"
     modconv: str = "dense"
     gan_compile: str = "none"
     fast: float = 1.0

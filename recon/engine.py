@@ -15,6 +15,7 @@ V, L, D, A). A fresh Adam is made whenever the step changes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -84,6 +85,11 @@ class InstanceGroup:
         # through the cache that 16 keep in it).
         self.gan_chunk = min(cfg.gan_chunk, self.k) if cfg.gan_chunk else (self.k if dev.type == "cuda" else 1)
         self.view_mean = rec.bundle.view_mvn.mean.to(dev, dt)
+        # LPIPS (steps 1 and 3), its VGG16 trunk in bfloat16 with ``lpips_autocast: bf16``. A partial of
+        # the module, not a bound method of the group, so the group makes no reference cycle.
+        self.perceptual = rec.lpips
+        if rec.lpips is not None and cfg.lpips_autocast == "bf16":
+            self.perceptual = functools.partial(rec.lpips, autocast_dtype=torch.bfloat16)
         self.light_mean = rec.bundle.light_mvn.mean.to(dev, dt)
 
         with torch.no_grad():
@@ -222,7 +228,7 @@ class InstanceGroup:
         mask = valid.prod(dim=1, keepdim=True).expand_as(valid)  # with flipping: valid in both renders
         loss = 0.0
         for f in range(recon.shape[1]):
-            loss = loss + photometric_loss(self.rec.lpips, recon[:, f:f + 1], self.images, mask[:, f:f + 1],
+            loss = loss + photometric_loss(self.perceptual, recon[:, f:f + 1], self.images, mask[:, f:f + 1],
                                            cfg.lam_perc, instance_dims=1)
         smooth = smoothness(out["depth"], instance_dims=1) + smoothness(out["diffuse"], instance_dims=1)
         return loss + cfg.lam_smooth * smooth
@@ -362,7 +368,7 @@ class InstanceGroup:
         mask = valid * pmask
         loss_proj = 0.0
         for rnd in renders:
-            loss_proj = loss_proj + photometric_loss(self.rec.lpips, rnd["recon"], proj, mask, cfg.lam_perc,
+            loss_proj = loss_proj + photometric_loss(self.perceptual, rnd["recon"], proj, mask, cfg.lam_perc,
                                                      instance_dims=1)
         return loss_in + loss_proj, {"input": loss_in, "projected": loss_proj}, out
 

@@ -28,6 +28,7 @@ Weights come from two files, each at any fsspec URL (read with
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -224,17 +225,28 @@ class LPIPS(nn.Module):
         heads_state = _read_state(heads_uri, fetch(heads_uri, storage_options=storage_options), "LPIPS heads")
         return cls(vgg_state, heads_state, vgg_source=vgg_uri, heads_source=heads_uri).to(device)
 
-    def _normalised_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _normalised_features(self, images: torch.Tensor, autocast_dtype: torch.dtype | None = None
+                             ) -> list[torch.Tensor]:
         """Steps 1–3 of the module docstring: scaled input, VGG stages, unit channel norm per pixel."""
         h = (images - self.shift) / self.scale
+        trunk = (torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                 else contextlib.nullcontext())
         out = []
         for stage in self._stages:
-            h = stage(h)
-            out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + NORM_EPS))
+            with trunk:
+                h = stage(h)
+            # Under autocast the convolutions hand back bfloat16; the unit norm and the distance are taken
+            # in the input's precision, since the two images' normalised features nearly cancel.
+            f = h.to(images.dtype)
+            out.append(f / (f.square().sum(dim=1, keepdim=True).sqrt() + NORM_EPS))
         return out
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-sample LPIPS distance between ``x`` and ``y`` (both (B, 3, H, W) in [−1, 1]) → (B,)."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, *, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Per-sample LPIPS distance between ``x`` and ``y`` (both (B, 3, H, W) in [−1, 1]) → (B,).
+
+        ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the VGG16 convolutions, nearly all of the
+        work, under autocast; the channel normalisation, differences and heads stay in the inputs' dtype.
+        """
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
             raise TypeError("LPIPS expects two tensors")
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
@@ -247,12 +259,12 @@ class LPIPS(nn.Module):
             # The usual case in Steps 1 and 3: one side is a fixed target. Running it
             # without a graph skips its share of the backward pass (about a third of the work).
             with torch.no_grad():
-                fixed = self._normalised_features(y if x.requires_grad else x)
-            moving = self._normalised_features(x if x.requires_grad else y)
+                fixed = self._normalised_features(y if x.requires_grad else x, autocast_dtype)
+            moving = self._normalised_features(x if x.requires_grad else y, autocast_dtype)
             fx, fy = (moving, fixed) if x.requires_grad else (fixed, moving)
         else:
             # One VGG pass over both images: fewer, larger convolutions.
-            both = self._normalised_features(torch.cat([x, y]))
+            both = self._normalised_features(torch.cat([x, y]), autocast_dtype)
             b = x.shape[0]
             fx, fy = [f[:b] for f in both], [f[b:] for f in both]
         total = x.new_zeros(x.shape[0])

@@ -133,6 +133,37 @@ def test_gradient_reaches_the_input_and_matches_a_finite_difference(weight_files
     torch.testing.assert_close((x.grad * v).sum(), numeric, rtol=1e-5, atol=1e-10)
 
 
+def test_bf16_trunk_runs_vgg_in_bfloat16_and_stays_near_the_float32_distance_and_gradient(lpips):
+    """``autocast_dtype=torch.bfloat16`` (the ``lpips_autocast: bf16`` option) must really run the VGG16
+    convolutions in bfloat16, else the option is a no-op, while the normalisation, the distance and
+    the input gradient stay float32. bfloat16 keeps 8 bits, so the numbers move: for images as far
+    apart as a render and its target (here two independent smooth images) the distance by well under
+    1% and the gradient's direction by a few degrees; the effect on reconstructions is measured by
+    bench/quality.py, not asserted here."""
+    seen: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
+             for m in lpips.features if isinstance(m, torch.nn.Conv2d)]
+    x, y = _images(30, 4, 64), _images(31, 4, 64)
+    results = {}
+    try:
+        for dtype in (None, torch.bfloat16):
+            seen.clear()
+            xg = x.clone().requires_grad_()
+            dist = lpips(xg, y, autocast_dtype=dtype)
+            dist.sum().backward()
+            results[dtype] = (dist.detach(), xg.grad, set(seen))
+    finally:
+        for h in hooks:
+            h.remove()
+    (d32, g32, seen32), (d16, g16, seen16) = results[None], results[torch.bfloat16]
+    assert seen32 == {torch.float32} and seen16 == {torch.bfloat16}
+    assert d16.dtype == torch.float32 and g16.dtype == torch.float32 and torch.isfinite(g16).all()
+    assert not torch.equal(d16, d32)
+    assert ((d16 - d32).abs() / d32).max() < 0.01
+    cosine = torch.nn.functional.cosine_similarity(g16.flatten(1), g32.flatten(1), dim=1)
+    assert cosine.min() > 0.97, cosine
+
+
 def test_an_all_zero_feature_layer_gives_finite_gradients(states):
     # sqrt'(0) is infinite: a pixel whose relu5_3 features are all zero (common with real VGG
     # weights on flat or masked regions) must not turn the input gradient into NaN.

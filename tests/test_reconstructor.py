@@ -312,6 +312,36 @@ def test_bf16_autocast_runs_networks_and_gan_in_bfloat16_and_keeps_outputs_float
     assert 0 < gap < 0.05, gap
 
 
+def test_lpips_autocast_runs_only_the_lpips_trunk_in_bfloat16(tmp_path):
+    """``lpips_autocast: bf16`` is its own knob (measured apart from ``autocast``): LPIPS's VGG16
+    convolutions in steps 1 and 3 run in bfloat16 while the per-instance networks and the GAN stay
+    float32, the results stay float32 and near the float32 run (same bound and reason as above)."""
+    with_lpips = str(write_tiny_bundle(tmp_path, lpips=True))
+    schedule = {**TINY_SCHEDULE, "crop": None}
+    img, w = _sample(Reconstructor(with_lpips, "synface", overrides=schedule), seed=5)
+    results, seen = {}, {}
+    for mode in ("none", "bf16"):
+        rec = Reconstructor(with_lpips, "synface", overrides={**schedule, "lpips_autocast": mode})
+        assert rec.lpips is not None and rec.config.lam_perc > 0
+        seen[mode] = {"lpips": set(), "networks": set()}
+        hooks = [m.register_forward_hook(lambda mod, inp, out, d=seen[mode][part]: d.add(out.dtype))
+                 for part, nets in (("lpips", [rec.lpips]), ("networks", [rec.networks["netD"], rec.gan.generator]))
+                 for net in nets for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        try:
+            results[mode] = rec.reconstruct(img, w, seed=5)
+        finally:
+            for h in hooks:
+                h.remove()
+    assert seen["none"] == {"lpips": {torch.float32}, "networks": {torch.float32}}
+    assert seen["bf16"] == {"lpips": {torch.bfloat16}, "networks": {torch.float32}}
+    a, b = results["none"], results["bf16"]
+    for field in ("canonical_depth", "view_depth", "albedo", "normal", "light", "view"):
+        y = getattr(b, field)
+        assert y.dtype == np.float32 and np.isfinite(y).all() and y.shape == getattr(a, field).shape
+    gap = np.abs(a.canonical_depth - b.canonical_depth).mean()
+    assert 0 < gap < 0.05, gap
+
+
 def test_compiled_gan_is_used_and_gives_the_same_reconstruction(bundle):
     """``gan_compile`` routes every generator and discriminator-feature call of the method through
     torch.compile (graphs are really captured) without changing the result. The ``aot_eager``
