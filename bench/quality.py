@@ -14,6 +14,9 @@ seeds, and writes JSON.
     python bench/quality.py --pretrain 96 --set weight_decay=0
                                                  # the same from joint pre-training (built once, ~1 h
                                                  # here, cached): beats the prior (docs/quality.md)
+    python bench/quality.py --random-lpips --set lpips_autocast=bf16
+                                                 # with an LPIPS term of random VGG16 weights: what an
+                                                 # option on the LPIPS path changes (not absolute quality)
     python bench/quality.py --full --device cuda --pretrain 200
                                                  # the reference synface protocol: instances start
                                                  # from joint pre-training, not from the prior fit
@@ -53,8 +56,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    bundle = build_synthetic_bundle(Path(args.bundle_dir or cache_dir() / f"synthetic-{args.size}"), size=args.size)
+    folder = args.bundle_dir or cache_dir() / f"synthetic-{args.size}{'-lpips' if args.random_lpips else ''}"
+    bundle = build_synthetic_bundle(Path(folder), size=args.size, lpips=args.random_lpips)
     settings = parse_assignments(args.set)
+    if args.random_lpips:  # the reference weight of the LPIPS term, unless --set says otherwise
+        settings = {"lam_perc": 0.5, **settings}
     overrides = {"fast": 1.0 if args.full else args.fast, **settings}
     pretraining = None
     if args.pretrain:
@@ -164,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle-dir", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override (repeatable); applies to the pre-training too")
+    p.add_argument("--random-lpips", action="store_true",
+                   help="add the LPIPS term (lam_perc 0.5) with randomly initialised VGG16 weights: no perceptual "
+                        "metric, so not for absolute quality, but it puts options on the LPIPS path "
+                        "(e.g. lpips_autocast) under test")
     p.add_argument("--json", default="bench/results/quality.json", help="where to write the JSON report")
     args = p.parse_args(argv)
     report = run(args)
