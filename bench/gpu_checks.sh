@@ -3,19 +3,23 @@
 #   1. the CUDA tests (renderer parity, batched K=3 == three separate runs on CUDA);
 #   2. bench/gan_kernels.py: step 2's GAN pass under each speed option separately;
 #   3. bench/step_throughput.py: celeba at 128px, full-schedule instances/hour, one-at-a-time vs batched;
-#   4. bench/throughput.py: sequential vs batched on the ground-truth instrument, with SIDE/MAD.
+#   4. bench/quality.py: SIDE/MAD on the ground-truth instrument (with an LPIPS term of random VGG16
+#      weights, so the LPIPS option is on the path) with and without both bf16 options;
+#   5. bench/throughput.py: sequential vs batched on the ground-truth instrument, with SIDE/MAD.
 # Each part has its own time limit, so one that hangs or runs long does not cost the others.
 # Results go to $OUT (default bench/results/gpu). Usage: bash bench/gpu_checks.sh
-# PARTS="tests kernels steps quality" picks parts; STEP_SETTINGS replaces the settings of part 3.
+# PARTS="tests kernels steps bf16quality quality" picks parts; STEP_SETTINGS replaces the settings of part 3.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RECON_CACHE_DIR=${RECON_CACHE_DIR:-/tmp/recon-cache}
 PY=${PYTHON:-python3}
-PARTS=${PARTS:-tests kernels steps quality}
-STEP_SETTINGS=${STEP_SETTINGS:-1:modconv=grouped 8:modconv=grouped 8: 8:autocast=bf16 1:autocast=bf16 \
-16:autocast=bf16 32:autocast=bf16 8:autocast=bf16,gan_compile=inductor 32:autocast=bf16,gan_compile=inductor}
+PARTS=${PARTS:-tests kernels steps bf16quality quality}
+# The reference loop first and last (it varied 1.5x between measurements), the best measured setting, then
+# each new option added to it: bf16 LPIPS, then compiled G/D.
+STEP_SETTINGS=${STEP_SETTINGS:-1:modconv=grouped 32:autocast=bf16 32:autocast=bf16,lpips_autocast=bf16 \
+32:autocast=bf16,lpips_autocast=bf16,gan_compile=inductor 1:modconv=grouped}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 T0=$(date +%s)
 LOG="$OUT/log.txt"
@@ -38,6 +42,12 @@ want kernels && timeout "${T_KERNELS:-150}" $PY bench/gan_kernels.py --device cu
 want steps && stamp "step throughput" && timeout "${T_STEPS:-240}" $PY bench/step_throughput.py --device cuda \
     --preset celeba --budget-s "${B_STEPS:-200}" --settings $STEP_SETTINGS \
     --json "$OUT/step_throughput.json" 2>&1 | tee -a "$LOG"
+
+# bf16 quality on the GPU: the ground-truth benchmark with and without both bf16 options, same seeds
+for mode in none bf16; do
+  want bf16quality && stamp "quality, bf16 $mode" && timeout "${T_BF16Q:-120}" $PY bench/quality.py --device cuda --random-lpips \
+      --batch 16 --set autocast=$mode --set lpips_autocast=$mode --json "$OUT/quality_bf16_$mode.json" 2>&1 | tee -a "$LOG"
+done
 
 want quality && stamp "throughput with quality" && timeout "${T_QUALITY:-90}" $PY bench/throughput.py --device cuda --ks 8 --repeats 1 \
     --json "$OUT/throughput.json" 2>&1 | tee -a "$LOG"
