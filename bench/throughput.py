@@ -105,6 +105,9 @@ def flops_per_instance(rec: Reconstructor, image, latent, mask=None) -> dict:
 
 
 def _count_flops(rec: Reconstructor, image, latent, mask) -> dict:
+    """Steps 1 and 3 cost twice as much in the LPIPS and renderer part in a stage that flips the input
+    (celeba flips in step 3 of stage 1 only), so each is counted once per flip setting its stages use
+    and weighted by those stages' iterations; ``per_iteration`` then holds the schedule's average."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from recon.engine import InstanceGroup
@@ -113,17 +116,22 @@ def _count_flops(rec: Reconstructor, image, latent, mask) -> dict:
     out = group.forward_input(False, ())
     group.cache_step1(out)
     cfg = rec.config
-    flip1, flip3 = cfg.flip("step1", 0), cfg.flip("step3", 0)
 
     def one(step, fn):
         with FlopCounterMode(display=False) as counter:
             group._optimise(step, 1, fn)
         return counter.get_total_flops()
 
+    def over_stages(step: str, fn_for_flip) -> float:
+        by_flip = {flip: one(step, fn_for_flip(flip)) for flip in {cfg.flip(step, s) for s in range(cfg.num_stage)}}
+        total = sum(cfg.step_iters(s, step) * by_flip[cfg.flip(step, s)] for s in range(cfg.num_stage))
+        iters = sum(cfg.step_iters(s, step) for s in range(cfg.num_stage))
+        return total / iters if iters else next(iter(by_flip.values()))
+
     per_iter = {
         "prior": one("prior", lambda: ((group.depth_from_raw(group.nets["netD"](group.images)) - 1).pow(2)
                                        .mean((1, 2, 3)), {})),
-        "step1": one("step1", lambda: (group.input_loss(group.forward_input(flip1, ("netA",))), {})),
+        "step1": over_stages("step1", lambda flip: lambda: (group.input_loss(group.forward_input(flip, ("netA",))), {})),
         "step2": one("step2", lambda: group.step2_loss(*group.sample_pseudo(cfg.batchsize))),
     }
     with FlopCounterMode(display=False) as counter:
@@ -131,7 +139,7 @@ def _count_flops(rec: Reconstructor, image, latent, mask) -> dict:
             group.project(group.sample_pseudo(cfg.batchsize)[0], train=False)
     per_iter["collect"] = counter.get_total_flops()
     group.collect()
-    per_iter["step3"] = one("step3", lambda: group.step3_loss(flip3)[:2])
+    per_iter["step3"] = over_stages("step3", lambda flip: lambda: group.step3_loss(flip)[:2])
     counts = {"prior": cfg.prior_fit_iters if rec.pretrained is None else 0, "collect": cfg.collect * cfg.num_stage,
               **cfg.total_iterations()}
     total = sum(per_iter[s] * counts[s] for s in per_iter)
