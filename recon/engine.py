@@ -85,12 +85,12 @@ class InstanceGroup:
         # through the cache that 16 keep in it).
         self.gan_chunk = min(cfg.gan_chunk, self.k) if cfg.gan_chunk else (self.k if dev.type == "cuda" else 1)
         self.view_mean = rec.bundle.view_mvn.mean.to(dev, dt)
+        self.light_mean = rec.bundle.light_mvn.mean.to(dev, dt)
         # LPIPS (steps 1 and 3), its VGG16 trunk in bfloat16 with ``lpips_autocast: bf16``. A partial of
         # the module, not a bound method of the group, so the group makes no reference cycle.
         self.perceptual = rec.lpips
         if rec.lpips is not None and cfg.lpips_autocast == "bf16":
             self.perceptual = functools.partial(rec.lpips, autocast_dtype=torch.bfloat16)
-        self.light_mean = rec.bundle.light_mvn.mean.to(dev, dt)
 
         with torch.no_grad():
             self.gan_images = self.generate(self.latents.reshape(self.k, -1), per_instance=1)  # (K,1,3,S,S)

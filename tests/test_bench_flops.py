@@ -5,28 +5,24 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, write_tiny_bundle
+from bundles import TINY_SCHEDULE, write_tiny_bundle
 from recon import Reconstructor
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from step_throughput import make_items  # noqa: E402
+from throughput import flops_per_instance  # noqa: E402
 
 
 def _flops(bundle: str, flip3: list[bool]) -> tuple[dict, Reconstructor]:
-    sys.path.insert(0, str(REPO / "bench"))
-    from throughput import flops_per_instance
-
     overrides = {**TINY_SCHEDULE, "crop": None, "num_stage": 2, "flip1": [False, False], "flip3": flip3,
                  "stage_len": {"step1": 250, "step2": 250, "step3": 750},
                  "stage_len_later": {"step1": 250, "step2": 250, "step3": 250}}
     rec = Reconstructor(bundle, "synface", overrides=overrides)
-    g = rec.gan.generator
-    with torch.no_grad():
-        w = g.get_latent(torch.randn(1, TINY_STYLE_DIM, generator=torch.Generator().manual_seed(0)))
-        img, _ = g([w], input_is_latent=True, randomize_noise=False)
-    img8 = ((img[0].clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
-    return flops_per_instance(rec, img8, w[0].numpy()), rec
+    item = make_items(rec, 1)[0]
+    return flops_per_instance(rec, item["image"], item["latent"]), rec
 
 
 def test_step3_flops_follow_each_stage_flip_setting(tmp_path):
