@@ -93,7 +93,11 @@ class InstanceGroup:
             self.perceptual = functools.partial(rec.lpips, autocast_dtype=torch.bfloat16)
 
         with torch.no_grad():
-            self.gan_images = self.generate(self.latents.reshape(self.k, -1), per_instance=1)  # (K,1,3,S,S)
+            # Eager: this is the group's only GAN call with one sample per instance, so with
+            # ``gan_compile`` a graph for its shape would be compiled (tens of seconds for celeba's G)
+            # to speed up one forward pass of milliseconds.
+            self.gan_images = self.generate(self.latents.reshape(self.k, -1), per_instance=1,
+                                            eager=True)  # (K,1,3,S,S)
 
         self.nets = {name: StackedNetwork(rec.networks[name], self.k, cfg.network_batching) for name in NETWORKS}
         for name in NETWORKS:
@@ -127,14 +131,17 @@ class InstanceGroup:
             out = self.nets[name](x)
         return out.to(self.dtype)
 
-    def generate(self, w: torch.Tensor, per_instance: int) -> torch.Tensor:
-        """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (spec §3.2)."""
+    def generate(self, w: torch.Tensor, per_instance: int, eager: bool = False) -> torch.Tensor:
+        """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (spec §3.2).
+
+        ``eager`` skips ``gan_compile`` for this call (see :meth:`Reconstructor.generate`).
+        """
         cfg = self.cfg
         kwargs = {}
         if cfg.truncation < 1:
             kwargs = dict(truncation=cfg.truncation, truncation_latent=self.rec.truncation_latent)
         with self.mixed_precision():
-            parts = [self.rec.generate(part, **kwargs) for part in w.split(self.gan_chunk * per_instance)]
+            parts = [self.rec.generate(part, eager=eager, **kwargs) for part in w.split(self.gan_chunk * per_instance)]
         img = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
         origins = {i.origin_size for i in self.instances}
         if len(origins) == 1:

@@ -137,9 +137,14 @@ class Reconstructor:
             self._features = torch.compile(self.gan.discriminator.features, backend=cfg.gan_compile, dynamic=False)
 
     # ------------------------------------------------------------------ the frozen GAN
-    def generate(self, w: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """G(w) for W codes (N, D) -> images (N, 3, gan_size, gan_size); compiled with ``gan_compile``."""
-        return self._generate([w], input_is_latent=True, randomize_noise=False, **kwargs)[0]
+    def generate(self, w: torch.Tensor, *, eager: bool = False, **kwargs: Any) -> torch.Tensor:
+        """G(w) for W codes (N, D) -> images (N, 3, gan_size, gan_size); compiled with ``gan_compile``.
+
+        ``eager=True`` runs the uncompiled generator: for a call whose shape comes once per group,
+        where building a graph would cost more than the pass it speeds up.
+        """
+        generator = self.gan.generator if eager else self._generate
+        return generator([w], input_is_latent=True, randomize_noise=False, **kwargs)[0]
 
     def disc_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The frozen discriminator's first four residual-block outputs (step 2's feature loss)."""

@@ -362,6 +362,31 @@ def test_compiled_gan_is_used_and_gives_the_same_reconstruction(bundle):
         np.testing.assert_array_equal(getattr(results["aot_eager"], field), getattr(results["none"], field))
 
 
+def test_compiled_generator_only_sees_the_shapes_the_schedule_repeats(bundle):
+    """With ``gan_compile`` every new input shape costs a graph compilation (tens of seconds for a
+    128px generator), so the group's one-off pass over its latents (one sample per instance) runs
+    eagerly: the compiled generator is called only with the step-2 and collection batches, which
+    repeat every iteration. The eager pass gives the same images as the compiled graph would."""
+    rec = Reconstructor(bundle, "synface", overrides={**FAST, "gan_compile": "aot_eager"})
+    img, w = _sample(rec, seed=3)
+    compiled, rows = rec._generate, []
+
+    def recording(styles, **kwargs):
+        rows.append(styles[0].shape[0])
+        return compiled(styles, **kwargs)
+
+    rec._generate = recording
+    rec.reconstruct_many([{"image": img, "latent": w, "seed": s} for s in (1, 2)], batch_size=2)
+    per_call = rec.config.batchsize  # one instance per GAN call on the CPU
+    assert rows and set(rows) == {per_call}, sorted(set(rows))
+
+    latents = torch.as_tensor(np.stack([w, w]))
+    with torch.no_grad():
+        eager = rec.generate(latents, eager=True)
+        traced = compiled([latents], input_is_latent=True, randomize_noise=False)[0]
+    torch.testing.assert_close(eager, traced, rtol=0, atol=0)
+
+
 def test_batch_size_suggestion_follows_free_gpu_memory_and_the_measured_cost_per_instance(bundle, monkeypatch):
     """On CUDA, K comes from free memory and the per-instance peak measured on an H200, scaled
     to this GAN's size and batch: a card with room for 3.x instances gets 3; bf16 fits more; the
