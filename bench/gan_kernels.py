@@ -34,6 +34,7 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from recon.bundle import load_bundle  # noqa: E402
 from recon.losses import discriminator_feature_loss, masked_l1  # noqa: E402
 from recon.storage import cache_dir  # noqa: E402
 from recon.stylegan2 import load_stylegan2  # noqa: E402
@@ -66,7 +67,7 @@ def step2_gan_pass(g, features, w, dw, target, mask, bf16: bool, channels_last: 
     return img.detach()
 
 
-def run_variant(name: str, opts: dict, gan_path: Path, batch: int, args) -> dict:
+def run_variant(name: str, opts: dict, gan_path: str, batch: int, args) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model = load_stylegan2(gan_path).to(args.device)
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     bundle = reference_architecture_bundle(args.preset, cache_dir() / "bench-reference-gans")
-    gan_path = bundle.parent / bundle.name.replace(".yaml", ".pt")
+    gan_path = load_bundle(bundle).stylegan2
     rows = []
 
     def save():
