@@ -76,11 +76,10 @@ class Reconstructor:
         self.gan.generator.to(dtype)
         if hasattr(self.gan.generator, "set_modconv_layout"):  # the synthetic instrument has no modulated convs
             self.gan.generator.set_modconv_layout(cfg.modconv)
-        if self.gan.discriminator is not None:
-            self.gan.discriminator.to(dtype)
         if self.gan.discriminator is None:
             raise ValueError(f"{self.bundle.stylegan2}: the checkpoint has no discriminator ('d'); "
                              "GAN2Shape's step-2 loss compares discriminator features")
+        self.gan.discriminator.to(dtype)
         n_blocks = len(self.gan.discriminator.convs) - 1
         if n_blocks < 4 or cfg.image_size < 16:
             raise ValueError(f"the discriminator has {n_blocks} residual blocks; the step-2 loss needs 4")

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
+from bundles import LIGHT_MVN, TINY_SCHEDULE, TINY_STYLE_DIM, VIEW_MVN, tiny_stylegan2, write_tiny_bundle
 from recon import DivergenceError, InputError, Reconstructor
-from recon.bundle import BundleError, load_bundle
+from recon.bundle import BundleError, load_bundle, write_bundle
 from recon.engine import NETWORKS, STEP_NETWORKS, InstanceGroup
 from recon.latent import LatentProjector, mapping_split_index
+from recon.stylegan2 import StyleGAN2, save_stylegan2
 
 FAST = {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}
 
@@ -147,6 +148,17 @@ def test_mask_presets_need_a_mask(bundle):
         rec.reconstruct(img, w)
     res = rec.reconstruct(img, w, mask=np.ones((64, 64), np.float32), seed=1)
     assert np.isfinite(res.canonical_depth).all()
+
+
+def test_a_generator_only_checkpoint_fails_at_start_up(tmp_path):
+    # Many published StyleGAN2 checkpoints hold only g_ema; step 2's loss needs the discriminator.
+    gan = tiny_stylegan2()
+    save_stylegan2(StyleGAN2(generator=gan.generator, discriminator=None, latent_avg=None, config=gan.config),
+                   tmp_path / "g_only.pt")
+    manifest = write_bundle(tmp_path / "bundle.yaml", {"stylegan2": "g_only.pt", "view_mvn": VIEW_MVN,
+                                                       "light_mvn": LIGHT_MVN})
+    with pytest.raises(ValueError, match="g_only.pt: the checkpoint has no discriminator"):
+        Reconstructor(str(manifest), "synface", overrides=FAST)
 
 
 def test_divergence_is_reported_not_returned(bundle):
