@@ -92,12 +92,7 @@ class InstanceGroup:
         if rec.lpips is not None and cfg.lpips_autocast == "bf16":
             self.perceptual = functools.partial(rec.lpips, autocast_dtype=torch.bfloat16)
 
-        with torch.no_grad():
-            # Eager: this is the group's only GAN call with one sample per instance, so with
-            # ``gan_compile`` a graph for its shape would be compiled (tens of seconds for celeba's G)
-            # to speed up one forward pass of milliseconds.
-            self.gan_images = self.generate(self.latents.reshape(self.k, -1), per_instance=1,
-                                            eager=True)  # (K,1,3,S,S)
+        self.gan_images = self.latent_images(self.latents.reshape(self.k, -1))  # (K,1,3,S,S)
 
         self.nets = {name: StackedNetwork(rec.networks[name], self.k, cfg.network_batching) for name in NETWORKS}
         for name in NETWORKS:
@@ -151,6 +146,17 @@ class InstanceGroup:
             out = torch.cat([prepare_gan_output(c, inst.origin_size, cfg.crop, self.size)
                              for c, inst in zip(chunks, self.instances)])
         return out.reshape(self.k, per_instance, 3, self.size, self.size)
+
+    @torch.no_grad()
+    def latent_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """I_gan = G(w) for each instance's own latent (K, D) -> (K, 1, 3, S, S): the reference point of
+        the relative encoder, e = E(X) - E(I_gan) (spec §2.3).
+
+        Eager: this is the only GAN call with one sample per instance, made once per instance, so with
+        ``gan_compile`` a graph for its shape would be compiled (tens of seconds for celeba's G) to speed
+        up forward passes of milliseconds.
+        """
+        return self.generate(latents, per_instance=1, eager=True)
 
     def disc_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Discriminator features of (K*N,3,S,S) images for the step-2 loss, ``gan_chunk`` instances per call."""

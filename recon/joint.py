@@ -39,8 +39,7 @@ class JointTrainer(InstanceGroup):
                 default_box_mask(s, cfg.default_mask_box)[None, None]
             self.instances = [inst]
             latent = inst.latent.to(dev)[None, None]
-            with torch.no_grad():
-                gan_image = self.generate(latent.reshape(1, -1), per_instance=1)
+            gan_image = self.latent_images(latent.reshape(1, -1))
             self.items.append({
                 "image": prepare_input(inst.image, cfg.crop, s).to(dev)[None],
                 "mask": mask.to(dev)[None], "latent": latent, "gan_image": gan_image,
