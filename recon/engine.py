@@ -64,21 +64,13 @@ class InstanceGroup:
         self.cfg = cfg = rec.config
         self.device = rec.device
         self.k = len(instances)
-        self.size = s = cfg.image_size
+        self.size = cfg.image_size
         self.instances = instances
         self.on_progress = on_progress
         dev = self.device
         self.dtype = dt = rec.dtype
 
-        self.images = torch.stack([prepare_input(i.image, cfg.crop, s) for i in instances]).to(dev, dt)  # (K,1,3,S,S)
-        masks = []
-        for inst in instances:
-            if inst.mask is not None:
-                masks.append(prepare_input(inst.mask, cfg.crop, s))
-            else:
-                masks.append(default_box_mask(s, cfg.default_mask_box)[None, None])
-        self.masks = torch.stack(masks).to(dev, dt)  # (K,1,1,S,S)
-        self.latents = torch.stack([i.latent for i in instances]).to(dev, dt)[:, None]  # (K,1,D)
+        self.images, self.masks, self.latents = self.prepare_inputs(instances)
         self.generators = [torch.Generator().manual_seed(int(i.seed)) for i in instances]
         # Instances per generator/discriminator call; automatic (0): all of them on CUDA, one elsewhere
         # (a CPU runs the GAN no faster on larger batches, and K x 16 samples stream activations
@@ -148,6 +140,17 @@ class InstanceGroup:
         return out.reshape(self.k, per_instance, 3, self.size, self.size)
 
     @torch.no_grad()
+    def prepare_inputs(self, instances: list[Instance]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each instance's inputs on the group's device and dtype: the image cropped and resized as the
+        reference's data loader does (K,1,3,S,S), its object mask or the default box (K,1,1,S,S), and its
+        latent w (K,1,D)."""
+        cfg, s, dev, dt = self.cfg, self.size, self.device, self.dtype
+        images = torch.stack([prepare_input(i.image, cfg.crop, s) for i in instances])
+        masks = torch.stack([prepare_input(i.mask, cfg.crop, s) if i.mask is not None
+                             else default_box_mask(s, cfg.default_mask_box)[None, None] for i in instances])
+        latents = torch.stack([i.latent for i in instances])[:, None]
+        return images.to(dev, dt), masks.to(dev, dt), latents.to(dev, dt)
+
     def latent_images(self, latents: torch.Tensor) -> torch.Tensor:
         """I_gan = G(w) for each instance's own latent (K, D) -> (K, 1, 3, S, S): the reference point of
         the relative encoder, e = E(X) - E(I_gan) (spec §2.3).

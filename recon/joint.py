@@ -19,8 +19,6 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .engine import NETWORKS, Instance, InstanceGroup
-from .imaging import prepare_input
-from .prior import default_box_mask
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +30,15 @@ class JointTrainer(InstanceGroup):
         if not instances:
             raise ValueError("joint training needs at least one image")
         super().__init__(rec, instances[:1], **kwargs)
-        cfg, s, dev = self.cfg, self.size, self.device
         self.items = []
-        for inst in instances:
-            mask = prepare_input(inst.mask, cfg.crop, s) if inst.mask is not None else \
-                default_box_mask(s, cfg.default_mask_box)[None, None]
+        for j, inst in enumerate(instances):
+            # the same preparation, device and dtype as a group's inputs; the base class has already
+            # rendered the first image's I_gan
+            image, mask, latent = self.prepare_inputs([inst])
             self.instances = [inst]
-            latent = inst.latent.to(dev)[None, None]
-            gan_image = self.latent_images(latent.reshape(1, -1))
+            gan_image = self.gan_images if j == 0 else self.latent_images(latent.reshape(1, -1))
             self.items.append({
-                "image": prepare_input(inst.image, cfg.crop, s).to(dev)[None],
-                "mask": mask.to(dev)[None], "latent": latent, "gan_image": gan_image,
+                "image": image, "mask": mask, "latent": latent, "gan_image": gan_image,
                 "instance": inst, "cache": None, "canon_mask": None, "pool": None,
             })
         self.order_rng = torch.Generator().manual_seed(seed)

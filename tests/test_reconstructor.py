@@ -214,6 +214,22 @@ def test_joint_pretraining_writes_weights_that_instance_runs_start_from(bundle, 
         pretrain(rec, items, tmp_path / "x.pth")
 
 
+def test_joint_pretraining_runs_in_the_reconstructors_dtype(bundle, tmp_path):
+    """Joint training prepares its images, masks and latents in the reconstructor's dtype, as a group does:
+    a float64 reconstructor (the precision the batched-equality tests use) used to fail on float32 inputs."""
+    from recon.joint import JointTrainer, pretrain
+
+    joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "fast": 0.0005}, dtype=torch.float64)
+    items = [dict(zip(("image", "latent"), _sample(Reconstructor(bundle, "synface", overrides=FAST), seed)))
+             for seed in range(2)]
+    trainer = JointTrainer(joint, [joint.validate(i["image"], i["latent"], None, 0) for i in items])
+    for item in trainer.items:
+        for key in ("image", "mask", "latent", "gan_image"):
+            assert item[key].dtype == torch.float64, key
+    states = torch.load(pretrain(joint, items, tmp_path / "pre64.pth"), weights_only=True)
+    assert all(v.dtype == torch.float64 for state in states.values() for v in state.values() if v.is_floating_point())
+
+
 def test_contact_sheet_is_written(rec, tmp_path):
     from PIL import Image
 
