@@ -137,7 +137,8 @@ class Generator(nn.Module):
     def mean_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean mapping output over ``n`` standard-normal z, shape (1, style_dim)."""
         dev = self.input.input.device
-        z = torch.randn(n, self.style_dim, device=dev, generator=generator)
+        # drawn in float32 whatever the weights' dtype, so a float64 model averages the same z
+        z = torch.randn(n, self.style_dim, device=dev, generator=generator).to(self.input.input.dtype)
         return self.get_latent(z).mean(0, keepdim=True)
 
     def make_noise(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:

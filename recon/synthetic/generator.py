@@ -78,7 +78,8 @@ class SyntheticGenerator(nn.Module):
 
     def mean_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         dev = self.projection.device
-        return self.get_latent(torch.randn(n, self.style_dim, device=dev, generator=generator)).mean(0, keepdim=True)
+        z = torch.randn(n, self.style_dim, device=dev, generator=generator).to(self.projection.dtype)
+        return self.get_latent(z).mean(0, keepdim=True)
 
     # --- synthesis ---------------------------------------------------------------
     def renderer(self) -> DepthRenderer:
