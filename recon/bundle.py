@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import torch
 import yaml
 
+from .errors import describe
+from .state_dicts import state_dict_problem
 from .storage import StorageError, fetch, join_uri
 
 KNOWN_KEYS = {"stylegan2", "lpips", "view_mvn", "light_mvn", "pretrained", "description", "name"}
@@ -31,6 +33,11 @@ NETWORK_KEYS = ("netD", "netA", "netV", "netL", "netEnc")
 
 class BundleError(ValueError):
     """The manifest or one of the files it names is missing or malformed."""
+
+
+def _jittered(cov: torch.Tensor) -> torch.Tensor:
+    """The covariance in float64 with 1e-12 on the diagonal, the matrix sampling factorises."""
+    return cov.double() + 1e-12 * torch.eye(cov.shape[0], dtype=torch.float64)
 
 
 @dataclass
@@ -42,7 +49,7 @@ class Gaussian:
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` samples, drawn on the CPU from ``generator`` so results do not depend on the device."""
-        chol = torch.linalg.cholesky(self.cov.double() + 1e-12 * torch.eye(len(self.mean), dtype=torch.float64))
+        chol = torch.linalg.cholesky(_jittered(self.cov))
         eps = torch.randn(n, len(self.mean), generator=generator, dtype=torch.float64)
         return (self.mean.double() + eps @ chol.T).float()
 
@@ -71,7 +78,7 @@ def _load_tensor_file(uri: str, storage_options: Mapping[str, Any] | None) -> An
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BundleError(f"{uri}: unreadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise BundleError(f"{uri}: unreadable weights file ({describe(exc)})") from exc
 
 
 def _gaussian(spec: Any, dim: int, what: str, base: str, storage_options) -> Gaussian:
@@ -85,6 +92,12 @@ def _gaussian(spec: Any, dim: int, what: str, base: str, storage_options) -> Gau
         raise BundleError(f"{what} must have mean ({dim},) and cov ({dim}, {dim}), got {tuple(mean.shape)} and {tuple(cov.shape)}")
     if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
         raise BundleError(f"{what} holds non-finite values")
+    # Checked here rather than at the first pseudo-sample, which comes after the prior fit and step 1:
+    # minutes into a run, and with a linear-algebra error that does not name the bundle.
+    if not torch.allclose(cov, cov.T, rtol=1e-5, atol=1e-8):
+        raise BundleError(f"{what}: cov is not symmetric")
+    if torch.linalg.cholesky_ex(_jittered(cov)).info != 0:
+        raise BundleError(f"{what}: cov is not positive definite, so views/lights cannot be sampled from it")
     return Gaussian(mean=mean, cov=cov)
 
 
@@ -132,6 +145,10 @@ def load_pretrained_networks(uri: str, storage_options: Mapping[str, Any] | None
     missing = [k for k in NETWORK_KEYS if k not in ckpt]
     if missing:
         raise BundleError(f"{uri}: pretrained checkpoint lacks {missing}; has {sorted(map(str, ckpt))}")
+    for key in NETWORK_KEYS:
+        problem = state_dict_problem(ckpt[key])
+        if problem:
+            raise BundleError(f"{uri}: pretrained {key}: {problem}")
     return {k: ckpt[k] for k in NETWORK_KEYS}
 
 

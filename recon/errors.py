@@ -7,3 +7,16 @@ class DivergenceError(RuntimeError):
 
 class InputError(ValueError):
     """An instance's image, latent or mask cannot be used (wrong shape, NaN, ...)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty
+    (``torch.load`` of an empty file raises a bare ``EOFError()``)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, or just the type when the message is empty."""
+    line = first_line(exc)
+    return type(exc).__name__ if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import torch
 
+from ..errors import describe, first_line
+from ..state_dicts import state_dict_problem
 from ..storage import StorageError, fetch
 from .networks import Discriminator, Generator, StyleGAN2Config, channel_table
 
@@ -64,12 +66,12 @@ def read_checkpoint(uri: str | Path, storage_options: Mapping[str, Any] | None =
         if "Weights only load failed" in msg or "Unsupported global" in msg:
             raise CheckpointError(
                 f"{uri}: refused to unpickle objects outside the allow-list (tensors, containers, "
-                f"argparse.Namespace); the file may contain code. Detail: {msg.splitlines()[0]}"
+                f"argparse.Namespace); the file may contain code. Detail: {first_line(exc)}"
             ) from exc
-        raise CheckpointError(f"{uri}: not a torch checkpoint ({msg.splitlines()[0]})") from exc
+        raise CheckpointError(f"{uri}: not a torch checkpoint ({describe(exc)})") from exc
     except Exception as exc:  # torch.load reports damaged files as many different error types
         raise CheckpointError(
-            f"{uri}: unreadable checkpoint, truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            f"{uri}: unreadable checkpoint, truncated or corrupt ({describe(exc)})"
         ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{uri}: expected a dict with key 'g_ema', got {type(obj).__name__}")
@@ -187,6 +189,14 @@ def load_stylegan2(
     return stylegan2_from_checkpoint(read_checkpoint(uri, storage_options), source, generator_key).to(device)
 
 
+def _tensor_dict(state: Any, key: str, source: str) -> Mapping[str, torch.Tensor]:
+    """``ckpt[key]`` checked to be a state dict of finite tensors."""
+    problem = state_dict_problem(state)
+    if problem:
+        raise CheckpointError(f"{source}: '{key}': {problem}")
+    return state
+
+
 def stylegan2_from_checkpoint(ckpt: Mapping[str, Any], source: str = "", generator_key: str = "g_ema") -> StyleGAN2:
     """Build a frozen :class:`StyleGAN2` from an already unpickled checkpoint dict."""
     if generator_key not in ckpt:
@@ -195,13 +205,17 @@ def stylegan2_from_checkpoint(ckpt: Mapping[str, Any], source: str = "", generat
             "Expected a rosinality StyleGAN2 checkpoint (g_ema, d, latent_avg)."
         )
     args = ckpt.get("args")
-    gen = build_generator(ckpt[generator_key], source, args)
-    disc = build_discriminator(ckpt["d"], source, args) if ckpt.get("d") is not None else None
+    gen = build_generator(_tensor_dict(ckpt[generator_key], generator_key, source), source, args)
+    disc = build_discriminator(_tensor_dict(ckpt["d"], "d", source), source, args) if ckpt.get("d") is not None else None
     latent_avg = ckpt.get("latent_avg")
     if latent_avg is not None:
-        latent_avg = torch.as_tensor(latent_avg, dtype=torch.float32).reshape(-1)
+        if not isinstance(latent_avg, torch.Tensor):
+            raise CheckpointError(f"{source}: latent_avg must be a tensor, got {type(latent_avg).__name__}")
+        latent_avg = latent_avg.to(torch.float32).reshape(-1)
         if latent_avg.numel() != gen.style_dim:
             raise CheckpointError(f"{source}: latent_avg has {latent_avg.numel()} values, style_dim is {gen.style_dim}")
+        if not torch.isfinite(latent_avg).all():
+            raise CheckpointError(f"{source}: latent_avg holds NaN or inf")
     for module in (gen, disc):
         if module is not None:
             module.eval().requires_grad_(False)
