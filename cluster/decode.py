@@ -94,9 +94,13 @@ def decode_image(value: Any, *, base_file_url: str | None = None,
 
 def decode_mask(value: Any, *, image_shape: tuple[int, int], base_file_url: str | None = None,
                 storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Encoded grayscale mask -> float32 (H, W) in [0, 1] (value / 255), same size as the image."""
+    """Encoded grayscale mask -> uint8 (H, W) pixels as stored (object 255), same size as the image.
+
+    Scaling to [0, 1] is left to the method (``recon.imaging.mask_to_tensor``), which also refuses a
+    file that holds only 0 and 1 (it would read as an empty mask) with an error row that says so.
+    """
     img = _open_image(_encoded_bytes(value, "mask", base_file_url, storage_options), "mask")
-    arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    arr = np.asarray(img.convert("L"), dtype=np.uint8)
     if arr.shape != tuple(image_shape):
         raise RowInputError(
             f"mask is {arr.shape[1]}x{arr.shape[0]} but the image is {image_shape[1]}x{image_shape[0]}"

@@ -31,7 +31,7 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (H,W,3) or float [-1,1] (3,H,W)/(1,3,H,W)/(H,W,3) -> float32 (1,3,H,W) in [-1,1]."""
+    """uint8 (H,W,3) array, or uint8 0..255 / float [-1,1] tensor (3,H,W)/(1,3,H,W)/(H,W,3) -> float32 (1,3,H,W) in [-1,1]."""
     if isinstance(image, np.ndarray):
         arr = image
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
@@ -41,7 +41,10 @@ def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.from_numpy(np.array(arr[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0 * 2 - 1
         return t.unsqueeze(0)
     if isinstance(image, torch.Tensor):
-        t = image.detach().float()
+        if image.dtype != torch.uint8 and not image.is_floating_point():
+            raise ValueError(f"image tensors must be uint8 (0..255) or float in [-1, 1], got {image.dtype}")
+        # uint8 tensors are pixels like uint8 arrays; read as floats they would pass as [-1, 1] when dark
+        t = image.detach().float() / 255.0 * 2 - 1 if image.dtype == torch.uint8 else image.detach().float()
         if t.ndim == 3 and t.shape[0] != 3 and t.shape[-1] == 3:
             t = t.permute(2, 0, 1)
         if t.ndim == 3:
@@ -57,15 +60,26 @@ def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def mask_to_tensor(mask: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(H,W) mask with values in [0,1] (or uint8 0..255) -> float32 (1,1,H,W)."""
+    """(H,W) mask: bool, float in [0,1] or uint8 0..255 -> float32 (1,1,H,W).
+
+    Values outside those ranges are refused rather than clamped: a float mask in 0..255 (a forgotten
+    division) would become all object, and a uint8 mask of 0/1 would become 1/255, all background.
+    """
     m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
     if m.dtype == torch.uint8:
+        if m.numel() and int(m.max()) == 1:
+            raise ValueError("uint8 masks are read as 0..255, but this one holds only 0 and 1: "
+                             "multiply it by 255 or pass it as bool")
         m = m.float() / 255.0
+    elif m.dtype != torch.bool and not m.is_floating_point():
+        raise ValueError(f"masks must be bool, float in [0, 1] or uint8 0..255, got {m.dtype}")
     m = m.float().squeeze()
     if m.shape != (height, width):
         raise ValueError(f"mask shape {tuple(m.shape)} does not match the image ({height}, {width})")
     if not torch.isfinite(m).all():
         raise ValueError("mask holds NaN or inf")
+    if m.min() < -1e-3 or m.max() > 1.0 + 1e-3:
+        raise ValueError(f"float masks must lie in [0, 1], got values in [{float(m.min()):g}, {float(m.max()):g}]")
     return m.clamp(0, 1)[None, None]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,10 +22,11 @@ from .bundle import ModelBundle, load_bundle, load_pretrained_networks
 from .config import GAN2ShapeConfig, load_config
 from .cpu_memory import retain_freed_cpu_memory
 from .engine import NETWORKS, Instance, InstanceGroup
-from .errors import DivergenceError, InputError
+from .errors import DivergenceError, InputError, first_line
 from .imaging import image_to_tensor, mask_to_tensor, prepare_input
 from .latent import LatentProjector
 from .networks import build_networks
+from .prior import ellipsoid_box
 from .renderer import DepthRenderer
 from .result import ReconstructionResult
 from .gan import load_gan
@@ -43,6 +45,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
     return dev
 
+
+def checked_seed(seed: Any) -> int:
+    """An instance's seed as an int that seeds a ``torch.Generator`` (integers, or floats with an integer value)."""
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    try:
+        value = operator.index(seed)
+        torch.Generator().manual_seed(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise InputError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}") from exc
+    return value
 
 class Reconstructor:
     """GAN2Shape reconstruction of single images with one loaded model bundle."""
@@ -124,7 +137,7 @@ class Reconstructor:
                     self.networks[name].load_state_dict(states[name])
                 except RuntimeError as exc:
                     raise ValueError(f"{self.pretrained}: {name} does not fit the {cfg.image_size}px networks: "
-                                     f"{str(exc).splitlines()[0]}") from exc
+                                     f"{first_line(exc)}") from exc
         self.initial_state = {name: {k: v.detach().clone() for k, v in self.networks[name].state_dict().items()}
                               for name in NETWORKS}
         self.config_hash = cfg.hash(self.bundle.identity())
@@ -150,13 +163,37 @@ class Reconstructor:
         return self._features(x, num=4)
 
     # ------------------------------------------------------------------ inputs
-    def validate(self, image: Any, latent: Any, mask: Any = None, seed: int = 0) -> Instance:
-        """Check one input and bring it to tensors; raises :class:`InputError` with a clear message."""
+    @property
+    def fits_prior(self) -> bool:
+        """Whether every instance starts with the ellipsoid prior fit (no pre-trained weights, or forced)."""
+        return self.pretrained is None or self.config.prior_every_image
+
+    def checked_image(self, image: Any) -> torch.Tensor:
+        """One input image as (1, 3, H, W) in [-1, 1]: square, and large enough for the preset's crop."""
         try:
             img = image_to_tensor(image)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        lat = torch.as_tensor(np.asarray(latent, dtype=np.float32) if not isinstance(latent, torch.Tensor) else latent)
+        h, w = img.shape[-2:]
+        if h != w:
+            raise InputError(f"image must be square like the GAN's samples, got {h}x{w}")
+        if self.config.crop and h < self.config.crop:
+            raise InputError(f"preset {self.preset_name!r} crops {self.config.crop}px from the original, "
+                             f"but the image is only {h}x{w}")
+        return img
+
+    def validate(self, image: Any, latent: Any, mask: Any = None, seed: int = 0) -> Instance:
+        """Check one input and bring it to tensors; raises :class:`InputError` with a clear message.
+
+        Everything that would fail later is checked here, so that in a group one bad input fails
+        alone instead of taking the group's other instances with it.
+        """
+        img = self.checked_image(image)
+        try:
+            lat = torch.as_tensor(np.asarray(latent, dtype=np.float32) if not isinstance(latent, torch.Tensor)
+                                  else latent)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"latent must be {self.latent_dim} numbers: {first_line(exc)}") from exc
         lat = lat.detach().float().cpu()
         if lat.ndim == 2 and lat.shape[0] == 1:
             lat = lat[0]
@@ -166,20 +203,17 @@ class Reconstructor:
         if not torch.isfinite(lat).all():
             raise InputError("latent holds NaN or inf")
         h, w = img.shape[-2:]
-        if h != w:
-            raise InputError(f"image must be square like the GAN's samples, got {h}x{w}")
-        if self.config.crop and h < self.config.crop:
-            raise InputError(f"preset {self.preset_name!r} crops {self.config.crop}px from the original, "
-                             f"but the image is only {h}x{w}")
         m = None
         if mask is not None:
             try:
                 m = mask_to_tensor(mask, h, w)
+                if self.fits_prior:  # the prior's box comes from the mask as the method sees it
+                    ellipsoid_box(prepare_input(m, self.config.crop, self.config.image_size), self.config.category)
             except ValueError as exc:
                 raise InputError(str(exc)) from exc
         elif self.requires_mask:
             raise InputError(f"preset {self.preset_name!r} needs an object mask (use_mask) and none was given")
-        return Instance(image=img, latent=lat, mask=m, seed=int(seed))
+        return Instance(image=img, latent=lat, mask=m, seed=checked_seed(seed))
 
     # ------------------------------------------------------------------ running
     def reconstruct(self, image: Any, latent: Any, mask: Any = None, seed: int = 0,
@@ -212,8 +246,10 @@ class Reconstructor:
             try:
                 valid.append((i, self.validate(item.get("image"), item.get("latent"), item.get("mask"),
                                                item.get("seed", 0))))
-            except InputError as exc:
+            except Exception as exc:  # InputError, or an entry that is not a mapping: fails alone
                 results[i] = exc
+        if batch_size is not None and batch_size < 0:
+            raise ValueError(f"batch_size must be positive (or 0/None to choose it from memory), got {batch_size}")
         k = batch_size or self.suggest_batch_size()
         for start in range(0, len(valid), k):
             chunk = valid[start:start + k]
@@ -238,9 +274,8 @@ class Reconstructor:
         settings = InversionSettings(steps=cfg.scaled(cfg.invert_steps), lr=cfg.invert_lr, l1=cfg.invert_l1,
                                      patience=cfg.invert_patience, tol=cfg.invert_tol)
         tensors = []
-        for image in images:
-            inst = self.validate(image, np.zeros(self.latent_dim, np.float32))
-            tensors.append(inst.image)
+        for image in images:  # no mask: inversion matches the whole image
+            tensors.append(self.checked_image(image))
         sizes = sorted({int(t.shape[-1]) for t in tensors})
         latents = torch.zeros(len(tensors), self.latent_dim)
         dist, start = torch.zeros(len(tensors)), torch.zeros(len(tensors))
@@ -276,7 +311,7 @@ class Reconstructor:
                    ) -> list[ReconstructionResult | Exception]:
         start = time.perf_counter()
         group = InstanceGroup(self, instances, on_progress=on_progress)
-        group.run(fit_prior=self.pretrained is None or self.config.prior_every_image)
+        group.run(fit_prior=self.fits_prior)
         final = group.final_state()
         seconds = time.perf_counter() - start
         out: list[ReconstructionResult | Exception] = []

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
+from cluster.config import Columns
 from cluster.pipeline import run_job
 from cluster.schema import output_schema
 from cluster_helpers import by_id, ids_of, job_config, png, ray_session, read_output, write_dataset  # noqa: F401
@@ -20,6 +21,15 @@ pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(400), 
 
 REAL = "recon:Reconstructor"
 OVERRIDES = {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}
+
+
+def png_gray(mask: np.ndarray) -> bytes:
+    from PIL import Image
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _rows(n: int) -> list[dict]:
@@ -45,11 +55,18 @@ def test_real_method_local_rows_schema_and_bad_inputs(tmp_path):
     rows.append({"image_id": "corrupt", "image": b"\x89PNG broken", "latent": rows[0]["latent"]})
     rows.append({"image_id": "short-latent", "image": rows[0]["image"], "latent": rows[0]["latent"][:5]})
     rows.append({"image_id": "nan-latent", "image": rows[0]["image"], "latent": [float("nan")] * TINY_STYLE_DIM})
-    write_dataset(str(tmp_path / "in"), rows, dim=TINY_STYLE_DIM)
+    # masks: a box in 0/255 for every row, a box saved as 0/1 (reads as empty: refused, not run), and none
+    box = np.zeros((64, 64), np.uint8)
+    box[12:52, 12:52] = 255
+    for row in rows:
+        row["mask"] = png_gray(box)
+    rows.append({**rows[0], "image_id": "mask-0-1", "mask": png_gray(box // 255)})
+    rows.append({**rows[0], "image_id": "mask-empty", "mask": png_gray(np.zeros_like(box))})
+    write_dataset(str(tmp_path / "in"), rows, dim=TINY_STYLE_DIM, mask=True)
     out = str(tmp_path / "out")
     summary = run_job(job_config(str(tmp_path / "in"), out, bundle, reconstructor=REAL, preset="synface",
-                                 overrides=OVERRIDES))
-    assert summary.complete and summary.ok == 3 and summary.error == 3
+                                 overrides=OVERRIDES, columns=Columns(mask="mask")))
+    assert summary.complete and summary.ok == 3 and summary.error == 5
     table = read_output(out)
     assert sorted(ids_of(table)) == sorted(r["image_id"] for r in rows)
     assert table.schema.remove_metadata().equals(output_schema(64).remove_metadata())
@@ -63,9 +80,11 @@ def test_real_method_local_rows_schema_and_bad_inputs(tmp_path):
         assert row["preset"] == "synface" and row["device"] == "cpu"
     assert "decode" in got["corrupt"]["error"]
     assert "latent" in got["short-latent"]["error"] and "NaN" in got["nan-latent"]["error"]
+    assert "holds only 0 and 1" in got["mask-0-1"]["error"]
+    assert "no pixel >= 0.7" in got["mask-empty"]["error"]
     # same seed per id: a re-run into a fresh folder reproduces the depth exactly
     again = run_job(job_config(str(tmp_path / "in"), str(tmp_path / "out2"), bundle, reconstructor=REAL,
-                               preset="synface", overrides=OVERRIDES, limit=1))
+                               preset="synface", overrides=OVERRIDES, columns=Columns(mask="mask"), limit=1))
     assert again.ok == 1
     first = by_id(read_output(str(tmp_path / "out2")))
     (rid,) = first

@@ -51,11 +51,11 @@ def test_decode_image_missing_file_names_the_path(tmp_path):
         decode_image({"bytes": None, "path": "nope.png"}, base_file_url=str(tmp_path / "d.parquet"))
 
 
-def test_decode_mask_scales_and_checks_size():
+def test_decode_mask_keeps_pixels_and_checks_size():
     buf = io.BytesIO()
     Image.fromarray(np.full((20, 20), 255, np.uint8)).save(buf, format="PNG")
     mask = decode_mask(buf.getvalue(), image_shape=(20, 20))
-    assert mask.dtype == np.float32 and mask.shape == (20, 20) and float(mask.max()) == 1.0
+    assert mask.dtype == np.uint8 and mask.shape == (20, 20) and int(mask.max()) == 255
     with pytest.raises(RowInputError, match="mask is 20x20 but the image is 30x30"):
         decode_mask(buf.getvalue(), image_shape=(30, 30))
     with pytest.raises(RowInputError, match="missing mask"):
