@@ -79,6 +79,21 @@ def _open_image(data: bytes, what: str) -> Image.Image:
         raise RowInputError(f"cannot decode {what} bytes ({len(data)} bytes): not a known image format") from exc
     except Exception as exc:
         raise RowInputError(f"cannot decode {what} bytes ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
+    return _eight_bit(img, what)
+
+
+def _eight_bit(img: Image.Image, what: str) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits; 32-bit integer and float images refused.
+
+    PIL's ``convert`` clips these modes instead of scaling them, so a 16-bit PNG would
+    decode as an almost white image and run to an ``ok`` row.
+    """
+    if img.mode.startswith("I;16"):
+        wide = np.asarray(img, dtype=np.uint32)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    if img.mode in ("I", "F"):
+        raise RowInputError(f"{what} is a 32-bit {'float' if img.mode == 'F' else 'integer'} image; "
+                            "save it as 8- or 16-bit")
     return img
 
 
