@@ -8,6 +8,7 @@ state, see :mod:`recon.engine`).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import operator
@@ -22,7 +23,7 @@ from .bundle import ModelBundle, load_bundle, load_pretrained_networks
 from .config import GAN2ShapeConfig, load_config
 from .cpu_memory import retain_freed_cpu_memory
 from .engine import NETWORKS, Instance, InstanceGroup
-from .errors import DivergenceError, InputError, first_line
+from .errors import DivergenceError, InputError, describe, first_line
 from .imaging import image_to_tensor, mask_to_tensor, prepare_input
 from .latent import LatentProjector
 from .networks import build_networks
@@ -238,7 +239,8 @@ class Reconstructor:
         ``mask`` and ``seed``. Every instance keeps its own networks and
         optimiser state; results equal separate :meth:`reconstruct` calls up to
         floating-point summation order. An entry that fails gets its exception in
-        its slot instead of a result; the others are unaffected.
+        its slot instead of a result; the others are unaffected (a group that fails
+        as a whole is rerun in halves).
         """
         results: list[ReconstructionResult | Exception | None] = [None] * len(instances)
         valid: list[tuple[int, Instance]] = []
@@ -253,13 +255,33 @@ class Reconstructor:
         k = batch_size or self.suggest_batch_size()
         for start in range(0, len(valid), k):
             chunk = valid[start:start + k]
-            try:
-                outs = self._run_group([inst for _, inst in chunk], on_progress, raise_on_divergence=False)
-            except Exception as exc:  # a failure of the whole group (e.g. out of memory) fails its members only
-                outs = [exc] * len(chunk)
+            outs = self._run_group_or_halves([inst for _, inst in chunk], on_progress)
             for (i, _), out in zip(chunk, outs):
                 results[i] = out
         return results  # type: ignore[return-value]
+
+    def _run_group_or_halves(self, instances: list[Instance], on_progress=None
+                             ) -> list[ReconstructionResult | Exception]:
+        """Run a group; if it fails as a whole, run its two halves, down to single instances.
+
+        A group fails as a whole when K is too large for the device (out of memory) or when one
+        member breaks something shared; either way the other members' results are still wanted,
+        and smaller groups give the same per-instance results. Only an instance that fails alone
+        gets the exception.
+        """
+        try:
+            return self._run_group(instances, on_progress, raise_on_divergence=False)
+        except Exception as exc:
+            if len(instances) == 1:
+                return [exc]
+            log.warning("a group of %d instances failed (%s); running its halves", len(instances), describe(exc))
+        # outside the except block: the exception's traceback holds the failed group's tensors
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(instances) // 2
+        return (self._run_group_or_halves(instances[:half], on_progress)
+                + self._run_group_or_halves(instances[half:], on_progress))
 
     def invert(self, images: Sequence[Any], seed: int = 0) -> "InversionResult":
         """W latents for images that have none (see :mod:`recon.inversion`), all optimised together.

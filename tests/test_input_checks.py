@@ -176,3 +176,27 @@ def test_pretrained_networks_that_are_not_state_dicts_are_refused(bundle, tmp_pa
                                               "pretrained": str(tmp_path / "pre.pth")})
     with pytest.raises(BundleError, match=r"pretrained netD: not a state dict"):
         Reconstructor(str(path), "synface", overrides=FAST)
+
+
+def test_a_group_that_fails_as_a_whole_is_retried_in_halves(rec, sample, monkeypatch):
+    """A group too large for the device (simulated: any group of more than one fails, as out of memory
+    would) still gives every member its result; an instance that fails alone gets its own error."""
+    img, w = sample
+    real_run_group = Reconstructor._run_group
+    sizes = []
+
+    def run_group(self, instances, on_progress=None, raise_on_divergence=True):
+        sizes.append(len(instances))
+        if len(instances) > 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        if instances[0].seed == 13:
+            raise RuntimeError("this instance breaks the renderer (simulated)")
+        return real_run_group(self, instances, on_progress, raise_on_divergence)
+
+    monkeypatch.setattr(Reconstructor, "_run_group", run_group)
+    out = rec.reconstruct_many([{"image": img, "latent": w, "seed": s} for s in (0, 1, 13)], batch_size=3)
+    assert sizes == [3, 1, 2, 1, 1]
+    assert [type(o).__name__ for o in out] == ["ReconstructionResult", "ReconstructionResult", "RuntimeError"]
+    assert "breaks the renderer" in str(out[2])
+    alone = rec.reconstruct(img, w, seed=1)
+    np.testing.assert_array_equal(out[1].canonical_depth, alone.canonical_depth)
