@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -190,12 +191,17 @@ def scan_ids(inputs: InputSet, id_column: str) -> list[ScannedFile]:
     scanned: list[ScannedFile] = []
     seen: dict[str, str] = {}
     duplicates: list[str] = []
+    negative = huge = None  # a file with an id < 0, one with an id >= 2**63
     for path in inputs.paths:
         url = to_url(inputs.fs, path)
         with inputs.fs.open(path, "rb") as fh:
             column = pq.read_table(fh, columns=[id_column]).column(id_column)
         if column.null_count:
             raise InputError(f"{url}: {column.null_count} rows have a null {id_column!r}; every row needs an id")
+        if pa.types.is_integer(column.type) and len(column):
+            low_high = pc.min_max(column).as_py()
+            negative = negative or (url if low_high["min"] < 0 else None)
+            huge = huge or (url if low_high["max"] >= 2**63 else None)
         values = column.to_pylist()
         for v in values:
             s = id_to_str(v)
@@ -205,6 +211,10 @@ def scan_ids(inputs: InputSet, id_column: str) -> list[ScannedFile]:
             else:
                 seen[s] = url
         scanned.append(ScannedFile(path=path, ids=values))
+    if negative and huge:
+        # The reader's id filter needs one Arrow integer type for all ids (int64 or uint64).
+        raise InputError(f"id column {id_column!r} has negative ids ({negative}) and ids >= 2**63 ({huge}); "
+                         "no one integer type holds both")
     if duplicates:
         raise InputError(
             f"duplicate values in id column {id_column!r}, e.g. {', '.join(duplicates)}; "

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .compaction import OutputIndex
 from .identity import id_to_str, item_key
 from .inputs import ScannedFile
 
 __all__ = ["Plan", "make_plan"]
+
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -38,7 +42,17 @@ class Plan:
         return [p for p, ids in self.todo_by_file.items() if ids]
 
     def todo_ids(self) -> list:
-        return [v for ids in self.todo_by_file.values() for v in ids]
+        """The ids still to do, as values for the reader's ``is_in`` filter.
+
+        Ray turns this list into an Arrow array by inference, which stops at
+        signed 64-bit for Python ints; uint64 ids >= 2**63 are given as
+        ``numpy.uint64`` so the value set is typed like the id column.
+        """
+        ids = [v for ids in self.todo_by_file.values() for v in ids]
+        if any(isinstance(v, int) and v > _INT64_MAX for v in ids):
+            # scan_ids refused ids that no one integer type holds (negative next to >= 2**63)
+            return list(np.asarray(ids, dtype=np.uint64))
+        return ids
 
 
 def make_plan(scanned: list[ScannedFile], index: OutputIndex, staged_keys: set[str],

@@ -199,6 +199,26 @@ def test_limit_then_resume_adds_rows_without_touching_old_shards(tmp_path):
     assert sorted(ids_of(read_output(out))) == sorted(r["image_id"] for r in rows)
 
 
+def test_uint64_ids_above_int64_with_limit_and_resume(tmp_path):
+    """--limit inside a file filters by id; uint64 ids >= 2**63 must not overflow the filter."""
+    import pyarrow.parquet as pq
+
+    rows = good_rows(4)
+    ids = [2**63 + i for i in range(4)]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"image_id": pa.array(ids, pa.uint64()),
+                             "image": pa.array([r["image"] for r in rows], pa.binary()),
+                             "latent": pa.array([r["latent"] for r in rows], pa.list_(pa.float32()))}),
+                   tmp_path / "in" / "a.parquet")
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    out = str(tmp_path / "out")
+    first = run_job(job_config(str(tmp_path / "in"), out, bundle, limit=2, num_actors=1))
+    assert (first.planned, first.ok, first.complete) == (2, 2, True)
+    second = run_job(job_config(str(tmp_path / "in"), out, bundle, num_actors=1))
+    assert (second.planned, second.already_done, second.ok, second.complete) == (4, 2, 2, True)
+    assert sorted(ids_of(read_output(out))) == sorted(str(i) for i in ids)
+
+
 def test_preset_needing_masks_without_mask_column_stops_before_any_row(tmp_path):
     """Every row would fail, so the job stops with the reason instead of committing error rows."""
     write_dataset(str(tmp_path / "in"), good_rows(2))
