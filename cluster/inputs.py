@@ -123,6 +123,7 @@ def _is_latent_type(t: pa.DataType) -> bool:
 def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
     """Check every input file has the configured columns with usable types."""
     kinds: ColumnKinds | None = None
+    first_id: tuple[str, str, pa.DataType] | None = None  # (family, file, type) of the first id column
     for path in inputs.paths:
         url = to_url(inputs.fs, path)
         try:
@@ -167,6 +168,16 @@ def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
         if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
                 or pa.types.is_integer(id_type) or pa.types.is_binary(id_type)):
             raise InputError(f"id column {columns.id!r} in {url} has type {id_type}; expected strings or integers")
+        # Ray merges the files' schemas: int widths widen and string/binary merge, but
+        # strings next to integers fail mid-run ("Unable to merge"), so refuse them here.
+        family = "integers" if pa.types.is_integer(id_type) else "strings"
+        if first_id is None:
+            first_id = (family, url, id_type)
+        elif family != first_id[0]:
+            raise InputError(
+                f"id column {columns.id!r} has type {id_type} in {url} but {first_id[2]} in {first_id[1]}; "
+                "all input files need the same kind of id (all integers, or all strings)"
+            )
         this = ColumnKinds(image_is_struct=image_struct, mask_is_struct=mask_struct, has_latent=has_latent)
         kinds = this if kinds is None else ColumnKinds(kinds.image_is_struct or image_struct,
                                                        kinds.mask_is_struct or mask_struct, has_latent)

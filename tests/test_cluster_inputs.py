@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.inputs import InputError, resolve_input, scan_ids
+from cluster.config import Columns
+from cluster.inputs import InputError, check_columns, resolve_input, scan_ids
 from cluster.planner import Plan
 
 
@@ -24,3 +25,25 @@ def test_scan_refuses_negative_ids_next_to_ids_above_int64(tmp_path):
     pq.write_table(pa.table({"image_id": pa.array([2**63], pa.uint64())}), tmp_path / "b.parquet")
     with pytest.raises(InputError, match=r"negative ids .*a\.parquet.* ids >= 2\*\*63 .*b\.parquet"):
         scan_ids(resolve_input(str(tmp_path)), "image_id")
+
+
+def _id_file(path, ids, id_type):
+    pq.write_table(pa.table({"image_id": pa.array(ids, id_type), "image": pa.array([b"x"] * len(ids), pa.binary()),
+                             "latent": pa.array([[0.0]] * len(ids), pa.list_(pa.float32()))}), path)
+
+
+def test_check_columns_refuses_string_ids_next_to_integer_ids(tmp_path):
+    """Ray cannot merge string and integer id columns; say so before any actor starts."""
+    _id_file(tmp_path / "a.parquet", ["x-0", "x-1"], pa.string())
+    _id_file(tmp_path / "b.parquet", [2, 3], pa.int64())
+    with pytest.raises(InputError, match=r"'image_id' has type int64 in \S*b\.parquet but string in \S*a\.parquet"):
+        check_columns(resolve_input(str(tmp_path)), Columns())
+
+
+def test_check_columns_allows_mixed_int_widths_and_string_kinds(tmp_path):
+    _id_file(tmp_path / "a.parquet", [0, 1], pa.int32())
+    _id_file(tmp_path / "b.parquet", [2, 3], pa.int64())
+    check_columns(resolve_input(str(tmp_path)), Columns())
+    _id_file(tmp_path / "a.parquet", ["x-0"], pa.string())
+    _id_file(tmp_path / "b.parquet", ["x-1"], pa.large_string())
+    check_columns(resolve_input(str(tmp_path)), Columns())
