@@ -1,10 +1,14 @@
 """The job's settings, independent of how they were given (CLI or Python)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from fsspec.utils import glob_translate
+
+from .fsutil import location
 
 __all__ = ["Columns", "JobConfig", "SetupError", "parse_key_values", "DEFAULT_RECONSTRUCTOR"]
 
@@ -80,12 +84,30 @@ class JobConfig:
             raise SetupError("--limit must be >= 0")
         if not (0 <= self.metrics_port < 65536):
             raise SetupError("--metrics-port must be in 0..65535 (0 turns the endpoint off)")
-        inp, out = self.input.rstrip("/"), self.output.rstrip("/")
+        self._check_output_outside_input()
+
+    def _check_output_outside_input(self) -> None:
+        """A re-run would read the output's Parquet files back as input (and stop)."""
+        (in_proto, inp), (out_proto, out) = location(self.input), location(self.output)
+        if in_proto != out_proto:
+            return
         if out == inp:
-            raise SetupError("--output must differ from --input")
-        if out.startswith(inp + "/"):
-            # A re-run would read the output shards back as input files.
-            raise SetupError(f"--output {self.output} must not be inside --input {self.input}")
+            raise SetupError(f"--output {self.output} must differ from --input {self.input} (both are {out})")
+        glob_at = next((i for i, part in enumerate(inp.split("/")) if any(c in part for c in "*?[")), None)
+        if glob_at is None:
+            if out.startswith(inp.rstrip("/") + "/"):
+                raise SetupError(f"--output {self.output} must not be inside --input {self.input} ({out} is under "
+                                 f"{inp}): a re-run would read the output's Parquet files back as input")
+            return
+        base = "/".join(inp.split("/")[:glob_at])
+        if out != base and not out.startswith(base.rstrip("/") + "/"):
+            return
+        pattern = re.compile(glob_translate(inp))
+        written = [f"{out}/part-00000.parquet", f"{out}/_staging/items/00/x.00.parquet", f"{out}/_manifest.json"]
+        hit = next((f for f in written if pattern.match(f)), None)
+        if hit:
+            raise SetupError(f"--output {self.output} must not be inside --input {self.input}: the input glob "
+                             f"matches the output's files (e.g. {hit}), so a re-run would read them back as input")
 
 
 def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "is_local_fs",
     "join",
     "list_files",
+    "location",
     "read_bytes",
     "replace_atomic",
     "to_url",
@@ -55,6 +56,26 @@ def filesystem_for(url: str, storage_options: Mapping[str, Any] | None = None) -
     opts.setdefault("use_listings_cache", False)
     fs, path = fsspec.core.url_to_fs(url, **opts)
     return fs, path.rstrip("/")
+
+
+def location(url: str) -> tuple[str, str]:
+    """``(protocol, path)`` naming where ``url`` points, without touching storage.
+
+    Spellings of one place compare equal: ``file://``, ``./``, ``..`` and relative
+    local paths become one absolute path (symlinks resolved); a remote URL becomes
+    its canonical protocol (``s3a`` -> ``s3``) and bucket/key path.
+    """
+    url = str(url)
+    protocol = _protocol(url)
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+        names = cls.protocol if isinstance(cls.protocol, (tuple, list)) else (cls.protocol,)
+        protocol, path = names[0], cls._strip_protocol(url)
+    except (ImportError, ValueError):  # unknown or uninstalled: compare as written
+        path = url.split("://", 1)[-1]
+    if protocol in _LOCAL_PROTOCOLS:
+        return "file", os.path.realpath(path)
+    return protocol, path.rstrip("/")
 
 
 def is_local_fs(fs: AbstractFileSystem) -> bool:

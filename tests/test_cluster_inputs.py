@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.config import Columns
+from cluster.config import Columns, JobConfig, SetupError
 from cluster.inputs import InputError, check_columns, resolve_input, scan_ids
 from cluster.planner import Plan
 
@@ -47,3 +47,37 @@ def test_check_columns_allows_mixed_int_widths_and_string_kinds(tmp_path):
     _id_file(tmp_path / "a.parquet", ["x-0"], pa.string())
     _id_file(tmp_path / "b.parquet", ["x-1"], pa.large_string())
     check_columns(resolve_input(str(tmp_path)), Columns())
+
+
+@pytest.mark.parametrize("inp, out", [
+    ("data", "data/out"), ("./data", "data/out"), ("data", "./data/out/"), ("data/", "data/x/../out"),
+    ("{cwd}/data", "data/out"), ("file://{cwd}/data", "{cwd}/data/out"), ("data", "file://data/out"),
+    ("data/*.parquet", "data"), ("data/**/*.parquet", "data/out"),
+    ("s3://bucket/data", "s3://bucket/data/out"), ("s3://bucket/data/", "s3a://bucket/data/out"),
+])
+def test_output_inside_input_is_refused_however_spelled(inp, out, tmp_path, monkeypatch):
+    """A re-run would read the output back as input and stop; every spelling of "inside" must be refused."""
+    monkeypatch.chdir(tmp_path)
+    cfg = JobConfig(input=inp.format(cwd=tmp_path), output=out.format(cwd=tmp_path), bundle="b", preset="p")
+    with pytest.raises(SetupError, match="must not be inside --input"):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("inp, out", [
+    ("data", "./data/"), ("file://{cwd}/data", "data"), ("s3://bucket/data", "s3a://bucket/data/"),
+])
+def test_output_equal_to_input_is_refused(inp, out, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = JobConfig(input=inp.format(cwd=tmp_path), output=out.format(cwd=tmp_path), bundle="b", preset="p")
+    with pytest.raises(SetupError, match="must differ from --input"):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("inp, out", [
+    ("data", "data2"), ("data", "out"), ("data/out", "data"), ("data/in-*.parquet", "data/out"),
+    ("data/*.parquet", "data2"), ("s3://bucket/data", "s3://bucket/data2"), ("s3://bucket/data", "data/out"),
+    ("s3://bucket/data", "gs://bucket/data/out"),
+])
+def test_output_beside_input_is_accepted(inp, out, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    JobConfig(input=inp, output=out, bundle="b", preset="p").validate()
