@@ -13,11 +13,19 @@ everything under new settings, write to a new output folder instead.
 
 Execution settings (actor count, device count, shard size, attempts) are not in
 the fingerprint: they change how fast, not what.
+
+A folder that holds nothing of the run it remembers (no shard, no staged item,
+no attempt marker: that run stopped before any actor worked on a row, e.g. on a
+``--set`` typo) is claimed anew by a run with a different fingerprint, so a
+failed start does not lock the folder. Workers check the claim again before
+each commit (:func:`claim_holds`), so a run whose folder was claimed anew while
+its actors were still loading stops instead of committing into it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +34,9 @@ from .config import JobConfig, SetupError
 from .schema import SCHEMA_VERSION
 from .store import OutputStore
 
-__all__ = ["RunFingerprint", "compute_fingerprint", "claim_output"]
+__all__ = ["RunFingerprint", "compute_fingerprint", "claim_output", "claim_holds"]
+
+log = logging.getLogger("recon.job")
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,12 @@ def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool) 
     if existing.get("fingerprint") == fp.digest:
         return [h["fingerprint"] for h in existing.get("history", [])]
     diffs = _differences(existing.get("fields", {}), json.loads(json.dumps(fp.fields, default=str)))
+    if _holds_nothing(store):
+        # The earlier run never worked on a row (it failed at start): nothing here can mix.
+        log.info("%s holds no rows of its earlier run %s; claiming it for this run %s (%s)", store.url,
+                 existing.get("fingerprint"), fp.digest, "; ".join(diffs) or "unknown differences")
+        store.replace(store.run_path, json.dumps(record, indent=2, default=str).encode())
+        return []
     if not allow_change:
         raise SetupError(
             f"{store.url} holds results of a different run (fingerprint {existing.get('fingerprint')}, "
@@ -91,3 +107,31 @@ def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool) 
     record["history"] = history
     store.replace(store.run_path, json.dumps(record, indent=2, default=str).encode())
     return [h["fingerprint"] for h in history]
+
+
+def _holds_nothing(store: OutputStore) -> bool:
+    """No shard, no staged item and no attempt marker: no row was ever started here.
+
+    Markers count too: they mean an actor of that run started a row (it may
+    still be running and about to commit), or died on one.
+    """
+    return not store.shard_paths() and not store.staged_items() and not store.attempt_markers()
+
+
+def claim_holds(store: OutputStore, digest: str) -> bool:
+    """True if rows of run ``digest`` may still be committed into ``store``.
+
+    That is: ``_run.json`` names ``digest`` now or in its history (kept by
+    ``--allow-fingerprint-change``), or there is no ``_run.json`` (nothing
+    claimed, e.g. a worker used on its own). False once another run claimed
+    the folder anew.
+    """
+    raw = store.read_json_bytes(store.run_path)
+    if raw is None:
+        return True
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return False
+    return digest == record.get("fingerprint") or any(
+        h.get("fingerprint") == digest for h in record.get("history", []))

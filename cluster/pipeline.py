@@ -129,9 +129,10 @@ def preflight(cfg: JobConfig) -> Preflight:
     scanned = scan_ids(inputs, cfg.columns.id)
     bundle = _read_bundle(cfg)
     try:
-        load_reconstructor_class(cfg.reconstructor)  # a typo fails here, not in N actors
+        rec_cls = load_reconstructor_class(cfg.reconstructor)  # a typo fails here, not in N actors
     except WorkerSetupError as exc:
         raise SetupError(str(exc)) from exc
+    _check_method_settings(cfg, rec_cls)
     store = _open_output(cfg)
     version = _recon_version()
     fp = compute_fingerprint(cfg, bundle_bytes=bundle, recon_version=version)
@@ -143,6 +144,31 @@ def preflight(cfg: JobConfig) -> Preflight:
     staged = store.staged_items()
     plan = make_plan(scanned, index, set(staged), cfg.limit)
     return Preflight(inputs, kinds, store, plan, index, fp.digest, version)
+
+
+def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
+    """With the real method: --preset, --set and the bundle manifest as the actors will read them.
+
+    A typo in a --set key, a bad value or a broken manifest then fails here,
+    before ``_run.json`` is written, not in N actors after it. Reads no weights.
+    Other reconstructors (test doubles) check their own settings in the actors.
+    """
+    import recon
+
+    real = getattr(recon, "Reconstructor", None)
+    if not (isinstance(rec_cls, type) and isinstance(real, type) and issubclass(rec_cls, real)):
+        return
+    from recon.bundle import BundleError, load_bundle
+    from recon.config import ConfigError, load_config
+
+    try:
+        load_config(cfg.preset, dict(cfg.overrides) or None)
+    except ConfigError as exc:
+        raise SetupError(f"method settings (--preset {cfg.preset}, --set): {exc}") from exc
+    try:
+        load_bundle(cfg.bundle, dict(cfg.storage_options) or None)
+    except (BundleError, OSError) as exc:  # OSError: recon.storage.StorageError fetching a prior file
+        raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- Ray
@@ -432,6 +458,12 @@ def _explain_actor_start_failures() -> Iterator[None]:
             raise
         name, message = causes[-1]
         raise SetupError(f"reconstruction actors could not start: {name.rsplit('.', 1)[-1]}: {message}") from exc
+    except Exception as exc:
+        # A worker found --output claimed anew by another run (cluster.fingerprint.claim_holds).
+        claimed = re.search(r"OutputClaimedError: (.+)", str(exc))
+        if not claimed:
+            raise
+        raise SetupError(claimed.group(1)) from exc
 
 
 def _is_remote_cluster() -> bool:

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from .config import Columns
 from .decode import RowInputError, decode_image, decode_latent, decode_mask
+from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
 from .schema import ResultError, RowContext, error_table, latent_table, result_table, table_to_parquet_bytes
 from .store import OutputStore
@@ -62,6 +63,14 @@ class WorkerSetupError(RuntimeError):
 
     Deliberately not SystemExit: an actor that "exits" instead of raising can
     hang a fixed Ray Data pool (ray_pipeline.md §1.8, issue #62746).
+    """
+
+
+class OutputClaimedError(RuntimeError):
+    """Another run claimed ``--output`` anew (cluster.fingerprint); this run must not commit there.
+
+    Raised out of ``__call__`` on purpose: it fails the dataset, and the driver
+    reports it as a setup error.
     """
 
 
@@ -239,6 +248,11 @@ class ReconstructionWorker:
 
     def _commit(self, image_id: str, table: pa.Table, steps: dict[str, float] | None) -> dict[str, Any]:
         row = table.slice(0, 1).to_pylist()[0]
+        if not claim_holds(self.store, self.s.run_fingerprint):
+            raise OutputClaimedError(
+                f"{self.store.url} was claimed by another run with different settings while this run "
+                f"({self.s.run_fingerprint}) was starting; its rows are not committed there. "
+                "Use a new --output folder for one of the two runs.")
         if not self.store.commit_item(image_id, table_to_parquet_bytes(table)):
             # Lost a race with another attempt of the same row: theirs stands.
             return self._already_committed(image_id)

@@ -140,3 +140,25 @@ def test_glob_and_single_file_inputs_resolve(tmp_path):
         ["part-000.parquet", "part-001.parquet"]
     assert resolve_input(files[1]).paths == [files[1]]
     assert len(resolve_input(str(tmp_path / "in")).paths) == 2  # folder: _-prefixed files skipped
+
+
+def test_real_method_settings_fail_before_the_folder_is_claimed(tmp_path):
+    """With recon:Reconstructor, a --set typo, a bad value or a broken manifest is a setup error in the
+    pre-start checks, and leaves no _run.json that would lock the folder for the fixed command."""
+    from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, write_tiny_bundle
+
+    write_dataset(str(tmp_path / "in"), good_rows(1, dim=TINY_STYLE_DIM), dim=TINY_STYLE_DIM)
+    bundle = str(write_tiny_bundle(tmp_path / "bundle"))
+    out = tmp_path / "out"
+
+    def cfg(overrides, bundle=bundle):
+        return job_config(str(tmp_path / "in"), str(out), bundle, reconstructor="recon:Reconstructor",
+                          preset="synface", overrides=overrides)
+
+    _fails(cfg({**TINY_SCHEDULE, "fastt": 0.004}), r"unknown config key 'fastt'")
+    _fails(cfg({**TINY_SCHEDULE, "batchsize": "two"}), r"batchsize must be an integer")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stylegan2: g.pt\n")
+    _fails(cfg(TINY_SCHEDULE, str(broken)), r"broken.yaml: missing 'view_mvn'")
+    assert not (out / "_run.json").exists()
+    assert preflight(cfg(TINY_SCHEDULE)).plan.todo == 1  # the fixed command starts

@@ -142,8 +142,35 @@ def test_fingerprint_mismatch_aborts_unless_allowed(tmp_path):
     b = RunFingerprint("bbbb", {"preset": "celeba", "seed": 1})
     assert claim_output(store, a, allow_change=False) == []
     assert claim_output(store, a, allow_change=False) == []  # same run again: fine, nothing rewritten
+    store.commit_item("r0", _item("r0"))  # the folder holds a row of run a
     with pytest.raises(SetupError, match=r"different run.*seed: 0 -> 1.*--allow-fingerprint-change"):
         claim_output(store, b, allow_change=False)
     assert claim_output(store, b, allow_change=True) == ["aaaa"]
     record = json.loads((tmp_path / "out" / "_run.json").read_text())
     assert record["fingerprint"] == "bbbb" and record["history"][0]["fingerprint"] == "aaaa"
+
+
+def test_folder_without_rows_is_claimed_anew_by_a_changed_run(tmp_path):
+    """A run that failed at start (e.g. a --set typo) left only _run.json: the fixed run may claim the
+    folder; once a row was started or committed, a changed run is refused again."""
+    from cluster.fingerprint import claim_holds
+
+    store = OutputStore(str(tmp_path / "out"))
+    a = RunFingerprint("aaaa", {"preset": "celeba", "overrides": {"fastt": 0.004}})
+    b = RunFingerprint("bbbb", {"preset": "celeba", "overrides": {"fast": 0.004}})
+    assert claim_output(store, a, allow_change=False) == []
+    assert claim_output(store, b, allow_change=False) == []  # nothing of run a in it: claimed anew
+    record = json.loads((tmp_path / "out" / "_run.json").read_text())
+    assert record["fingerprint"] == "bbbb" and record["history"] == []
+    assert claim_holds(store, "bbbb") and not claim_holds(store, "aaaa")  # run a's workers must not commit
+
+    store.record_attempt("img-1")  # a row started under b (its actor may still be running)
+    with pytest.raises(SetupError, match="different run"):
+        claim_output(store, a, allow_change=False)
+    store.remove(store.attempt_markers()[item_key("img-1")])
+    store.commit_item("img-1", _item("img-1"))  # a committed row of b
+    with pytest.raises(SetupError, match="different run"):
+        claim_output(store, a, allow_change=False)
+    assert claim_output(store, a, allow_change=True) == ["bbbb"]
+    assert claim_holds(store, "aaaa") and claim_holds(store, "bbbb")  # history: both may commit
+    assert claim_holds(OutputStore(str(tmp_path / "unclaimed")), "cccc")
