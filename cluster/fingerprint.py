@@ -14,6 +14,11 @@ everything under new settings, write to a new output folder instead.
 Execution settings (actor count, device count, shard size, attempts) are not in
 the fingerprint: they change how fast, not what.
 
+``--preset`` may name a YAML file instead of a built-in preset; then the hash
+of its settings (``preset_sha256``) is in the fingerprint too, so editing the
+file is a change of settings like any other. Built-in presets are identified by
+name and the code version, and their fingerprints are as before.
+
 A folder that holds nothing of the run it remembers (no shard, no staged item,
 no attempt marker: that run stopped before any actor worked on a row, e.g. on a
 ``--set`` typo) is claimed anew by a run with a different fingerprint, so a
@@ -28,7 +33,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .config import JobConfig, SetupError
 from .schema import SCHEMA_VERSION
@@ -59,8 +67,32 @@ def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: s
         "reconstructor": cfg.reconstructor,
         "invert": cfg.invert,
     }
+    preset_file = _preset_file_sha256(cfg.preset)
+    if preset_file is not None:  # absent for named presets: their fingerprints stay as they were
+        fields["preset_sha256"] = preset_file
     blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return RunFingerprint(hashlib.sha256(blob).hexdigest()[:16], fields)
+
+
+def _preset_file_sha256(preset: str) -> str | None:
+    """Hash of the settings in a preset YAML file; None for a named preset.
+
+    "A file" is decided as recon.config.load_config decides it. The parsed
+    settings are hashed, so comments and layout do not count; a file that does
+    not parse is hashed byte for byte (the method refuses it anyway).
+    """
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml", ".json") or not path.is_file():
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SetupError(f"cannot read --preset {preset}: {exc}") from exc
+    try:
+        canonical = json.dumps(yaml.safe_load(raw), sort_keys=True, default=str).encode()
+    except yaml.YAMLError:
+        canonical = raw
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -174,3 +174,35 @@ def test_folder_without_rows_is_claimed_anew_by_a_changed_run(tmp_path):
     assert claim_output(store, a, allow_change=True) == ["bbbb"]
     assert claim_holds(store, "aaaa") and claim_holds(store, "bbbb")  # history: both may commit
     assert claim_holds(OutputStore(str(tmp_path / "unclaimed")), "cccc")
+
+
+def test_preset_file_contents_are_in_the_fingerprint(tmp_path):
+    """--preset may be a YAML path: editing the file changes the fingerprint (comments do not);
+    a named preset's fingerprint is made of the same fields as before."""
+    import hashlib
+
+    from cluster.fingerprint import compute_fingerprint
+    from cluster_helpers import job_config
+
+    preset = tmp_path / "my_preset.yaml"
+    preset.write_text("category: face\nimage_size: 64\nfast: 0.05\n")
+
+    def fp(name):
+        return compute_fingerprint(job_config("in", "out", "b.yaml", preset=name), bundle_bytes=b"bundle",
+                                   recon_version="0.1.0")
+
+    first = fp(str(preset))
+    preset.write_text("# my settings\ncategory: face\nimage_size:   64\nfast: 0.05\n")
+    assert fp(str(preset)).digest == first.digest  # same settings
+    preset.write_text("category: face\nimage_size: 128\nfast: 1.0\n")
+    edited = fp(str(preset))
+    assert edited.digest != first.digest
+    assert edited.fields["preset_sha256"] != first.fields["preset_sha256"]
+
+    named = fp("celeba")
+    assert "preset_sha256" not in named.fields
+    old_fields = {"bundle": "b.yaml", "bundle_sha256": hashlib.sha256(b"bundle").hexdigest(), "preset": "celeba",
+                  "overrides": {}, "seed": 0, "recon_version": "0.1.0", "schema_version": named.fields["schema_version"],
+                  "reconstructor": "cluster_doubles:PipelineTestDouble", "invert": "auto"}
+    expected = hashlib.sha256(json.dumps(old_fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert named.digest == expected  # existing folders made with a named preset keep their fingerprint
