@@ -202,17 +202,17 @@ def scan_ids(inputs: InputSet, id_column: str) -> list[ScannedFile]:
     scanned: list[ScannedFile] = []
     seen: dict[str, str] = {}
     duplicates: list[str] = []
-    negative = huge = None  # a file with an id < 0, one with an id >= 2**63
+    signed = huge = None  # (file, type) with a signed integer id type; a file with an id >= 2**63
     for path in inputs.paths:
         url = to_url(inputs.fs, path)
         with inputs.fs.open(path, "rb") as fh:
             column = pq.read_table(fh, columns=[id_column]).column(id_column)
         if column.null_count:
             raise InputError(f"{url}: {column.null_count} rows have a null {id_column!r}; every row needs an id")
-        if pa.types.is_integer(column.type) and len(column):
-            low_high = pc.min_max(column).as_py()
-            negative = negative or (url if low_high["min"] < 0 else None)
-            huge = huge or (url if low_high["max"] >= 2**63 else None)
+        if pa.types.is_signed_integer(column.type):
+            signed = signed or (url, column.type)
+        elif pa.types.is_unsigned_integer(column.type) and len(column):
+            huge = huge or (url if pc.max(column).as_py() >= 2**63 else None)
         values = column.to_pylist()
         for v in values:
             s = id_to_str(v)
@@ -222,10 +222,10 @@ def scan_ids(inputs: InputSet, id_column: str) -> list[ScannedFile]:
             else:
                 seen[s] = url
         scanned.append(ScannedFile(path=path, ids=values))
-    if negative and huge:
-        # The reader's id filter needs one Arrow integer type for all ids (int64 or uint64).
-        raise InputError(f"id column {id_column!r} has negative ids ({negative}) and ids >= 2**63 ({huge}); "
-                         "no one integer type holds both")
+    if signed and huge:
+        # Ray reads all files as one merged type: int64 as soon as one file is signed.
+        raise InputError(f"id column {id_column!r} has ids >= 2**63 in {huge} but type {signed[1]} in {signed[0]}; "
+                         "Ray would read every id as int64, which cannot hold them: store all ids as unsigned integers")
     if duplicates:
         raise InputError(
             f"duplicate values in id column {id_column!r}, e.g. {', '.join(duplicates)}; "

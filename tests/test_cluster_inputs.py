@@ -20,11 +20,15 @@ def test_todo_ids_above_int64_are_typed_uint64_for_the_filter():
     assert small.todo_ids() == [-1, 2]
 
 
-def test_scan_refuses_negative_ids_next_to_ids_above_int64(tmp_path):
-    pq.write_table(pa.table({"image_id": pa.array([-1, 2], pa.int64())}), tmp_path / "a.parquet")
+@pytest.mark.parametrize("signed_ids", [[-1, 2], [0, 1]])
+def test_scan_refuses_signed_ids_next_to_ids_above_int64(tmp_path, signed_ids):
+    """Ray merges int64 and uint64 files to int64, where ids >= 2**63 fail mid-read."""
+    pq.write_table(pa.table({"image_id": pa.array(signed_ids, pa.int64())}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"image_id": pa.array([2**63], pa.uint64())}), tmp_path / "b.parquet")
-    with pytest.raises(InputError, match=r"negative ids .*a\.parquet.* ids >= 2\*\*63 .*b\.parquet"):
+    with pytest.raises(InputError, match=r"ids >= 2\*\*63 in \S*b\.parquet but type int64 in \S*a\.parquet"):
         scan_ids(resolve_input(str(tmp_path)), "image_id")
+    pq.write_table(pa.table({"image_id": pa.array([0, 1], pa.uint32())}), tmp_path / "a.parquet")
+    assert [f.ids for f in scan_ids(resolve_input(str(tmp_path)), "image_id")] == [[0, 1], [2**63]]
 
 
 def _id_file(path, ids, id_type):
