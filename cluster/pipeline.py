@@ -419,12 +419,16 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
         log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",
                  pre.plan.todo, num_actors, device, cpus_per_actor, cfg.instances_per_actor)
         poller = _LivePoller(tracker, metrics, reporter).start()
+        finished = False
         try:
             with _data_context(cfg), _explain_actor_start_failures():
                 ds = _build_dataset(cfg, pre, settings, num_actors, cpus_per_actor,
                                     1.0 if device == "cuda" else 0.0)
                 _consume(cfg, pre, ds, summary, metrics, reporter)
+            finished = True
         finally:
+            if not finished:  # Ctrl-C, SIGTERM (ray.init makes it SystemExit), an error: first, while it is quick
+                _forget_interrupted_attempts(pre.store, tracker)
             poller.stop()
             metrics.set_live(in_flight=0, active_actors=0)  # the pool is gone
             reporter.in_flight = reporter.actors = 0
@@ -435,6 +439,43 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
     finally:
         if connected:
             ray.shutdown()
+
+
+def _forget_interrupted_attempts(store: OutputStore, tracker) -> None:
+    """Remove the attempt markers of the rows this stopping driver cuts short.
+
+    A driver that stops with rows in flight (Ctrl-C, SIGTERM from ``ray job
+    stop``, an error) ends their attempts itself: no worker died on them, so
+    they must not count toward ``--max-attempts`` (README: only a row that
+    keeps killing its worker becomes "worker died N times"). The tracker knows
+    each running row's marker; rows whose worker stopped beating are left out,
+    since that worker did die. A killed driver (SIGKILL, lost head node) runs
+    nothing, and its markers count, as before. Runs before the pool is torn
+    down: ``ray job stop`` allows a few seconds before SIGKILL.
+    """
+    import ray
+
+    from .worker import HEARTBEAT_S
+
+    try:
+        markers = ray.get(tracker.interrupted_markers.remote(3 * HEARTBEAT_S), timeout=5)
+    except Exception as exc:  # tracker gone or restarted: the markers stay and count
+        log.warning("could not list the rows in flight (%s); their attempts count toward --max-attempts", exc)
+        return
+    prefix = store.attempts_dir.rstrip("/") + "/"
+    removed = 0
+    for path in markers:
+        if not str(path).startswith(prefix):
+            continue
+        try:
+            store.remove([path])
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            log.warning("could not remove the attempt marker %s: %s", store.url_of(path), exc)
+    if removed:
+        log.info("stopped with %d row(s) in flight; their attempts do not count toward --max-attempts", removed)
 
 
 _ERROR_LINE = re.compile(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)

@@ -103,10 +103,12 @@ class OutputStore:
         self.fs.invalidate_cache()
         return self.fs.exists(self.item_path(image_id))
 
-    def record_attempt(self, image_id: str) -> None:
-        """Leave a marker saying an attempt on this row started (before any work)."""
+    def record_attempt(self, image_id: str) -> str:
+        """Leave a marker saying an attempt on this row started (before any work); returns its path."""
         name = f"{uuid.uuid4().hex}-{socket.gethostname()}-{os.getpid()}"
-        create_exclusive(self.fs, join(self.attempt_dir(image_id), name), b"", tmp_dir=self.tmp_dir)
+        path = join(self.attempt_dir(image_id), name)
+        create_exclusive(self.fs, path, b"", tmp_dir=self.tmp_dir)
+        return path
 
     def count_attempts(self, image_id: str) -> int:
         return len(list_files(self.fs, self.attempt_dir(image_id)))

@@ -6,6 +6,12 @@ snapshot for the ``recon_instances_in_flight`` and ``recon_active_actors``
 gauges. It holds only ids and timestamps, uses no CPU reservation, and is
 pinned (softly) to the driver's node, which is the on-demand head on a cluster.
 Losing it only blanks two gauges; the job does not depend on it.
+
+It also keeps the attempt marker of each running row, so a driver that stops
+(Ctrl-C, SIGTERM) can remove the markers of the rows it interrupts: those
+attempts were cut short by the stop, not by the row (see
+``cluster.pipeline._forget_interrupted_attempts``). Losing it only means they
+count, as after a killed driver.
 """
 from __future__ import annotations
 
@@ -20,19 +26,36 @@ class ProgressTracker:
     def __init__(self) -> None:
         self._running: dict[str, str] = {}  # image id -> worker id
         self._beats: dict[str, float] = {}  # worker id -> last heartbeat (monotonic)
+        self._markers: dict[str, str] = {}  # image id -> attempt marker path of the running attempt
 
     def heartbeat(self, worker: str) -> None:
         self._beats[worker] = time.monotonic()
 
-    def started(self, worker: str, ids: list[str]) -> None:
+    def started(self, worker: str, ids: list[str], markers: list[str] | None = None) -> None:
         self._beats[worker] = time.monotonic()
-        for i in ids:
+        for k, i in enumerate(ids):
             self._running[i] = worker
+            marker = markers[k] if markers and k < len(markers) else None
+            if marker:
+                self._markers[i] = marker
+            else:
+                self._markers.pop(i, None)
 
     def finished(self, worker: str, ids: list[str]) -> None:
         self._beats[worker] = time.monotonic()
         for i in ids:
             self._running.pop(i, None)
+            self._markers.pop(i, None)
+
+    def interrupted_markers(self, stale_after_s: float) -> list[str]:
+        """Markers of the rows running now on workers that still beat: what stopping the job cuts short.
+
+        A row whose worker stopped beating more than ``stale_after_s`` ago
+        is left out: that worker died on it, and the death must count.
+        """
+        now = time.monotonic()
+        alive = {w for w, t in self._beats.items() if now - t <= stale_after_s}
+        return [self._markers[i] for i, w in self._running.items() if w in alive and i in self._markers]
 
     def snapshot(self, stale_after_s: float) -> dict[str, int]:
         now = time.monotonic()

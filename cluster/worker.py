@@ -5,7 +5,9 @@ Ray Data runs :class:`ReconstructionWorker` as a fixed pool of actors
 
 1. skips the row if its result is already committed (a retried batch);
 2. turns it into an error row "worker died N times on this row" once N attempts
-   started without a result (the poison-pill bound, §2.4 / pitfall 7);
+   started without a result (the poison-pill bound, §2.4 / pitfall 7); a
+   driver that stops (Ctrl-C, SIGTERM) removes the markers of the attempts it
+   cuts short, so only deaths count;
 3. writes an attempt marker, decodes the inputs, runs the method;
 4. commits a one-row Parquet item with exclusive create (§2.4 step 2);
 5. returns a small status row to the driver.
@@ -299,8 +301,8 @@ class ReconstructionWorker:
 
     def _run_one(self, image_id: str, row: dict[str, Any], previous: int) -> dict[str, Any]:
         attempts = previous + 1
-        self.store.record_attempt(image_id)  # before any work: a crash from here on counts
-        self._notify("started", [image_id])
+        marker = self.store.record_attempt(image_id)  # before any work: a crash from here on counts
+        self._notify("started", [image_id], [marker])
         t0 = time.monotonic()
         try:
             try:
@@ -324,8 +326,9 @@ class ReconstructionWorker:
         """K rows through ``reconstruct_many`` (issue 7): one joint run per batch."""
         out: list[dict[str, Any]] = []
         ready: list[tuple[str, dict[str, Any]]] = []
+        markers: dict[str, str] = {}
         for image_id, row, _ in pending:
-            self.store.record_attempt(image_id)
+            markers[image_id] = self.store.record_attempt(image_id)
             try:
                 ready.append((image_id, self._instance(image_id, row)))
             except Exception as exc:
@@ -333,7 +336,7 @@ class ReconstructionWorker:
         if not ready:
             return out
         ids = [i for i, _ in ready]
-        self._notify("started", ids)
+        self._notify("started", ids, [markers[i] for i in ids])
         t0 = time.monotonic()
         try:
             try:

@@ -109,3 +109,44 @@ def test_killed_driver_then_rerun_processes_exactly_the_missing_rows(tmp_path):
     ids = ids_of(read_output(str(out)))
     assert sorted(ids) == sorted(r["image_id"] for r in rows) and len(ids) == 16
     assert not list((out / "_staging" / "items").glob("*/*.parquet"))  # all compacted
+
+
+def test_stopped_driver_does_not_count_as_a_worker_death(tmp_path):
+    """Ctrl-C (SIGINT) and SIGTERM (`ray job stop`) while a row is in flight stop the run cleanly:
+    the row's attempt marker is removed, so two stops with --max-attempts 2 do not turn a healthy
+    row into "worker died 2 times on this row" (only a row that keeps killing its worker does)."""
+    write_dataset(str(tmp_path / "in"), good_rows(1))
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    out = tmp_path / "out"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": ray_env_pythonpath()}
+    command = [sys.executable, str(REPO / "jobs" / "reconstruct_dataset.py"),
+               "--input", str(tmp_path / "in"), "--output", str(out), "--bundle", bundle, "--preset", "celeba",
+               "--device", "cpu", "--num-actors", "1", "--cpus-per-actor", "0.5", "--metrics-port", "0",
+               "--max-attempts", "2", "--reconstructor", DOUBLE, "--set", "sleep_s=8"]
+    for k, sig in enumerate((signal.SIGINT, signal.SIGTERM)):
+        log_path = tmp_path / f"run{k}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                deadline = time.monotonic() + 120
+                while not list(out.glob("_attempts/*/*")):  # the row is in flight
+                    assert proc.poll() is None, log_path.read_text()[-3000:]
+                    assert time.monotonic() < deadline, "the row did not start in time"
+                    time.sleep(0.1)
+                time.sleep(1.5)  # let the tracker hear of it
+                proc.send_signal(sig)  # the driver only, as a terminal's Ctrl-C reaches it (Ray blocks SIGINT)
+                proc.wait(timeout=90)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        text = log_path.read_text()
+        assert "stopped with 1 row(s) in flight" in text, text[-3000:]
+        assert not list(out.glob("_attempts/*/*")), f"{sig.name}: the interrupted attempt still counts"
+        assert not list(out.glob("part-*.parquet")) and not list(out.glob("_staging/items/*/*"))
+
+    third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    row = read_output(str(out)).to_pylist()[0]
+    assert (row["status"], row["error"], row["attempts"]) == ("ok", None, 1)

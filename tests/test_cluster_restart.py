@@ -68,3 +68,25 @@ def test_run_that_failed_at_actor_start_does_not_lock_the_folder(tmp_path, ray_s
     assert sorted(ids_of(read_output(str(tmp_path / "out")))) == ["img-000", "img-001"]
     assert json.loads((tmp_path / "out" / "_run.json").read_text())["fingerprint"] == summary.fingerprint
     assert OutputStore(str(tmp_path / "out")).attempt_markers() == {}
+
+
+def test_tracker_lists_markers_of_rows_cut_short_not_of_dead_workers(monkeypatch):
+    """What a stopping driver may forget: the running attempt of each row on a live worker. A worker
+    that stopped beating died on its row; that marker stays and counts toward --max-attempts."""
+    import cluster.tracker as tracker_mod
+
+    now = [100.0]
+    monkeypatch.setattr(tracker_mod.time, "monotonic", lambda: now[0])
+    t = tracker_mod.ProgressTracker()
+    t.started("w1", ["a", "b"], ["_attempts/ka/1", "_attempts/kb/1"])
+    t.started("w2", ["c"], ["_attempts/kc/1"])
+    t.finished("w1", ["a"])
+    assert sorted(t.interrupted_markers(15.0)) == ["_attempts/kb/1", "_attempts/kc/1"]
+    now[0] += 10
+    t.heartbeat("w1")  # w2 is silent from now on: it died with row c
+    now[0] += 10
+    assert t.interrupted_markers(15.0) == ["_attempts/kb/1"]
+    t.started("w3", ["c"], ["_attempts/kc/2"])  # Ray retried row c on a restarted actor
+    assert sorted(t.interrupted_markers(15.0)) == ["_attempts/kb/1", "_attempts/kc/2"]
+    t.started("w3", ["d"])  # no marker given (an older worker): nothing to forget
+    assert "d" not in str(t.interrupted_markers(15.0))
