@@ -45,3 +45,6 @@ def write_tiny_bundle(folder: Path, lpips: bool = False, seed: int = 0) -> Path:
 
 #: Overrides that make a preset's schedule tiny for tests (every step still runs).
 TINY_SCHEDULE = {"fast": 0.004, "batchsize": 2, "collect_iters": 100, "prior_iters": 500}
+
+#: TINY_SCHEDULE without LPIPS (tiny bundles have no VGG16) and without the preset's crop (64px samples).
+FAST = {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}

@@ -22,6 +22,23 @@ def stylegan2_fixture_dir() -> Path:
     return STYLEGAN2_FIXTURES
 
 
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> str:
+    """A tiny StyleGAN2 bundle (bundles.write_tiny_bundle), one per test module."""
+    from bundles import write_tiny_bundle
+
+    return str(write_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle")))
+
+
+@pytest.fixture(scope="module")
+def rec(bundle):
+    """A synface Reconstructor on the tiny bundle with the tiny schedule (bundles.FAST), one per module."""
+    from bundles import FAST
+    from recon import Reconstructor
+
+    return Reconstructor(bundle, "synface", overrides=FAST)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep each test's model download cache out of the user's ~/.cache."""

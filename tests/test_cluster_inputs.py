@@ -53,27 +53,23 @@ def test_check_columns_allows_mixed_int_widths_and_string_kinds(tmp_path):
     check_columns(resolve_input(str(tmp_path)), Columns())
 
 
-@pytest.mark.parametrize("inp, out", [
-    ("data", "data/out"), ("./data", "data/out"), ("data", "./data/out/"), ("data/", "data/x/../out"),
-    ("{cwd}/data", "data/out"), ("file://{cwd}/data", "{cwd}/data/out"), ("data", "file://data/out"),
-    ("data/*.parquet", "data"), ("data/**/*.parquet", "data/out"),
-    ("s3://bucket/data", "s3://bucket/data/out"), ("s3://bucket/data/", "s3a://bucket/data/out"),
-])
-def test_output_inside_input_is_refused_however_spelled(inp, out, tmp_path, monkeypatch):
-    """A re-run would read the output back as input and stop; every spelling of "inside" must be refused."""
-    monkeypatch.chdir(tmp_path)
-    cfg = JobConfig(input=inp.format(cwd=tmp_path), output=out.format(cwd=tmp_path), bundle="b", preset="p")
-    with pytest.raises(SetupError, match="must not be inside --input"):
-        cfg.validate()
+INSIDE, SAME = "must not be inside --input", "must differ from --input"
 
 
-@pytest.mark.parametrize("inp, out", [
-    ("data", "./data/"), ("file://{cwd}/data", "data"), ("s3://bucket/data", "s3a://bucket/data/"),
+@pytest.mark.parametrize("inp, out, refusal", [
+    *[(i, o, INSIDE) for i, o in [
+        ("data", "data/out"), ("./data", "data/out"), ("data", "./data/out/"), ("data/", "data/x/../out"),
+        ("{cwd}/data", "data/out"), ("file://{cwd}/data", "{cwd}/data/out"), ("data", "file://data/out"),
+        ("data/*.parquet", "data"), ("data/**/*.parquet", "data/out"),
+        ("s3://bucket/data", "s3://bucket/data/out"), ("s3://bucket/data/", "s3a://bucket/data/out")]],
+    *[(i, o, SAME) for i, o in [
+        ("data", "./data/"), ("file://{cwd}/data", "data"), ("s3://bucket/data", "s3a://bucket/data/")]],
 ])
-def test_output_equal_to_input_is_refused(inp, out, tmp_path, monkeypatch):
+def test_output_inside_or_equal_to_input_is_refused_however_spelled(inp, out, refusal, tmp_path, monkeypatch):
+    """A re-run would read the output back as input and stop; every spelling of it must be refused."""
     monkeypatch.chdir(tmp_path)
     cfg = JobConfig(input=inp.format(cwd=tmp_path), output=out.format(cwd=tmp_path), bundle="b", preset="p")
-    with pytest.raises(SetupError, match="must differ from --input"):
+    with pytest.raises(SetupError, match=refusal):
         cfg.validate()
 
 

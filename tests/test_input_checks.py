@@ -9,23 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
+from bundles import FAST, TINY_STYLE_DIM, tiny_stylegan2
 from recon import InputError, Reconstructor
 from recon.bundle import NETWORK_KEYS, BundleError, load_bundle, write_bundle
 from recon.reconstructor import checked_seed
 from recon.stylegan2 import CheckpointError, load_stylegan2, save_stylegan2
-
-FAST = {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return str(write_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle")))
-
-
-@pytest.fixture(scope="module")
-def rec(bundle):
-    return Reconstructor(bundle, "synface", overrides=FAST)
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from bundles import LIGHT_MVN, TINY_SCHEDULE, TINY_STYLE_DIM, VIEW_MVN, tiny_stylegan2, write_tiny_bundle
+from bundles import FAST, LIGHT_MVN, TINY_SCHEDULE, TINY_STYLE_DIM, VIEW_MVN, tiny_stylegan2, write_tiny_bundle
 from recon import DivergenceError, InputError, Reconstructor
 from recon.bundle import BundleError, load_bundle, write_bundle
 from recon.engine import NETWORKS, STEP_NETWORKS, InstanceGroup
 from recon.latent import LatentProjector, mapping_split_index
 from recon.stylegan2 import StyleGAN2, save_stylegan2
-
-FAST = {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return str(write_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle")))
-
-
-@pytest.fixture(scope="module")
-def rec(bundle):
-    return Reconstructor(bundle, "synface", overrides=FAST)
 
 
 def _sample(rec, seed=0):
