@@ -125,7 +125,9 @@ def preflight(cfg: JobConfig) -> Preflight:
     inputs = resolve_input(cfg.input, cfg.storage_options)
     kinds = check_columns(inputs, cfg.columns)
     if not kinds.has_latent:
-        log.info("no latent column %r in the input: every row is inverted into W first", cfg.columns.latent)
+        # a warning, not info: a misspelt --latent-column lands here too, and inverting a whole dataset costs hours
+        log.warning("no latent column %r in the input: every row is inverted into W first "
+                    "(if the column has another name, stop and pass --latent-column)", cfg.columns.latent)
     scanned = scan_ids(inputs, cfg.columns.id)
     bundle = _read_bundle(cfg)
     try:

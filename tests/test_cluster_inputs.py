@@ -81,3 +81,17 @@ def test_output_inside_or_equal_to_input_is_refused_however_spelled(inp, out, re
 def test_output_beside_input_is_accepted(inp, out, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     JobConfig(input=inp, output=out, bundle="b", preset="p").validate()
+
+
+@pytest.mark.parametrize("text, value", [
+    ("0123", "0123"), ("00", "00"), ("0x1f", "0x1f"), ("1:30", "1:30"), ("on", "on"), ("no", "no"),
+    ("http://127.0.0.1:9000", "http://127.0.0.1:9000"), ("abc", "abc"),
+    ("7", 7), ("-2", -2), ("1.5", 1.5), ("1e-3", 0.001), ("true", True), ("False", False), ("null", None),
+    ("[0.1, 0.2]", [0.1, 0.2]), ("", ""),
+])
+def test_command_line_values_keep_strings_that_yaml_would_turn_into_numbers(text, value):
+    """A secret "0123" must reach s3fs as "0123", not as YAML 1.1's octal 83."""
+    from cluster.config import parse_key_values
+
+    got = parse_key_values([f"key={text}"], "--storage-option")["key"]
+    assert got == value and type(got) is type(value)
