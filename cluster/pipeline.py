@@ -356,13 +356,17 @@ def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
                 metrics.stop()
     summary.seconds = time.monotonic() - t_start
     reporter.maybe_log(force=True)
+    state = "complete" if summary.complete else "NOT complete"
+    if cfg.limit is not None:
+        state += f" (the first {cfg.limit} input rows, --limit)"
     log.info("done in %s: ok %d, error %d this run; %s; output %s", format_duration(summary.seconds),
-             summary.ok, summary.error, "complete" if summary.complete else "NOT complete", pre.store.url)
+             summary.ok, summary.error, state, pre.store.url)
     return summary
 
 
 def _manifest_extra(cfg: JobConfig, pre: Preflight, complete: bool) -> dict[str, Any]:
-    return {"run": pre.fingerprint, "input": cfg.input, "input_rows": pre.plan.total,
+    # "complete" is about the rows in scope; with --limit that is not the whole input, and "limit" says so
+    return {"run": pre.fingerprint, "input": cfg.input, "input_rows": pre.plan.total, "limit": cfg.limit,
             "complete": complete, "recon_version": pre.recon_version}
 
 

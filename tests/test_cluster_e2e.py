@@ -191,12 +191,16 @@ def test_limit_then_resume_adds_rows_without_touching_old_shards(tmp_path):
     logs = tmp_path / "logs"
     first = run_job(job_config(str(tmp_path / "in"), out, bundle, limit=3, overrides={"log_dir": str(logs)}))
     assert first.planned == 3 and first.processed == 3 and first.complete
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert (manifest["complete"], manifest["input_rows"], manifest["limit"]) == (True, 3, 3)  # not the whole input
     old_shard = (tmp_path / "out" / "part-00000.parquet").read_bytes()
     second = run_job(job_config(str(tmp_path / "in"), out, bundle, overrides={"log_dir": str(logs)}))
     assert (second.planned, second.already_done, second.processed) == (7, 3, 4)
     assert count_logs(logs, "call") == 7  # each row reconstructed once across both runs
     assert (tmp_path / "out" / "part-00000.parquet").read_bytes() == old_shard
     assert sorted(ids_of(read_output(out))) == sorted(r["image_id"] for r in rows)
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert (manifest["complete"], manifest["input_rows"], manifest["limit"]) == (True, 7, None)
 
 
 def test_uint64_ids_above_int64_with_limit_and_resume(tmp_path):
