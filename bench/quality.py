@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", type=float, default=REDUCED_FAST, help="schedule scale (default %(default)s)")
     p.add_argument("--full", action="store_true", help="the reference schedule (fast=1); meant for a GPU")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
-                   help="method seeds (default 0 1: two seeds of 16 instances take ~14 min on a 2-core CPU)")
+                   help="method seeds (default 0 1: two seeds of 16 instances take ~7 min on a 2-core CPU)")
     p.add_argument("--pretrain", type=int, default=0, metavar="N",
                    help="start every instance from joint pre-training on N training samples of the family "
                         "(the reference's synface protocol; cached) instead of fitting the prior per instance")

@@ -135,7 +135,7 @@ def create_exclusive(fs: AbstractFileSystem, path: str, data: bytes, *, tmp_dir:
             except OSError:
                 # Filesystems without hard links (some network mounts): fall back
                 # to an existence check + atomic rename, which is atomic but can
-                # lose a simultaneous race. Documented in NOTES_cluster.md.
+                # lose a simultaneous race. Documented in docs/batch_job.md.
                 if os.path.exists(path):
                     return False
                 os.replace(tmp, path)

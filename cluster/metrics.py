@@ -5,7 +5,7 @@ ray_pipeline.md §4.2-4.3: the driver owns one ``prometheus_client`` registry
 in-flight/actor gauges, throughput and ETA. Ray's own per-node ``ray_data_*``
 and GPU metrics come from each node's ``--metrics-export-port`` separately.
 
-Metric names (documented in NOTES_cluster.md / README):
+Metric names (documented in the README):
 
 =========================================  =========  ====================================
 ``recon_instances_total{status}``          counter    rows finished in this run, ok/error
