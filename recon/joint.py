@@ -112,12 +112,13 @@ class JointTrainer(InstanceGroup):
                 if parts else None
 
     def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch from the current image's pool (reference joint mode)."""
+        """A random batch from the current image's pool, drawn without replacement like the reference's
+        ``randperm(pool)[:batchsize]`` (joint mode)."""
         pool = self.items[self.current]["pool"]
         if pool is None:  # this image got no projected samples in the collection: use another one's
             pool = next(item["pool"] for item in self.items if item["pool"] is not None)
         images, masks = pool
-        idx = torch.randint(0, images.shape[1], (min(self.cfg.batchsize, images.shape[1]),), generator=self.generators[0])
+        idx = torch.randperm(images.shape[1], generator=self.generators[0])[:min(self.cfg.batchsize, images.shape[1])]
         return images[:, idx].to(self.device), masks[:, idx].to(self.device)
 
     def step3(self, stage: int) -> None:

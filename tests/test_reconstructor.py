@@ -175,6 +175,21 @@ def test_view_light_gaussians_load_to_cpu_from_files(tmp_path):
     assert b.view_mvn.mean.device.type == "cpu" and b.stylegan2 == str(tmp_path / "g.pt")
 
 
+def test_joint_step3_batches_are_drawn_without_replacement(bundle):
+    """The reference draws randperm(pool)[:batchsize]: a batch never holds one projected sample twice."""
+    from recon.joint import JointTrainer
+
+    joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "batchsize": 12})
+    img, w = _sample(joint, 0)
+    trainer = JointTrainer(joint, [joint.validate(img, w)])
+    size, pool = 32, torch.arange(32.0).reshape(1, 32, 1, 1, 1)
+    trainer.items[0]["pool"] = (pool, torch.ones_like(pool))
+    for _ in range(50):
+        images, _ = trainer.next_pool_batch()
+        drawn = images.flatten().tolist()
+        assert len(drawn) == 12 and len(set(drawn)) == 12 and set(drawn) <= set(range(size))
+
+
 def test_joint_pretraining_writes_weights_that_instance_runs_start_from(bundle, tmp_path):
     from recon.bundle import write_bundle
     from recon.joint import pretrain
