@@ -172,6 +172,13 @@ class GAN2ShapeConfig:
             raise ConfigError(f"gan_chunk must be >= 0 (0 = automatic), got {self.gan_chunk}")
         if not self.min_depth < self.max_depth:
             raise ConfigError("min_depth must be below max_depth")
+        # the border blend d*(1-w) + w*b is linear in d: its ends must stay in the depth range too
+        w, b = self.border_weight, self.effective_border_depth
+        ends = [self.min_depth * (1 - w) + w * b, self.max_depth * (1 - w) + w * b]
+        if w < 0 or not all(self.min_depth - 1e-9 <= e <= self.max_depth + 1e-9 for e in ends):
+            raise ConfigError(f"border_weight {w:g} with border_depth {b:g} puts border columns at "
+                              f"{min(ends):.4g}..{max(ends):.4g}, outside [min_depth, max_depth] = "
+                              f"[{self.min_depth:g}, {self.max_depth:g}]")
         box = self.default_mask_box
         if len(box) != 4 or not (0 <= box[0] < box[1] <= 1 and 0 <= box[2] < box[3] <= 1):
             raise ConfigError(f"default_mask_box must be [row0, row1, col0, col1] fractions, got {box}")

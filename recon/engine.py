@@ -177,6 +177,23 @@ class InstanceGroup:
         t = torch.tanh(r)
         return (1 + t) / 2 * cfg.max_depth + (1 - t) / 2 * cfg.min_depth
 
+    def finite_depth(self, depth: torch.Tensor) -> torch.Tensor:
+        """Depth (K,N,S,S) with each instance whose depth is NaN/inf marked diverged and set to the border depth.
+
+        D diverges through the renderer (steps 1 and 3 train it only through the rendering), which would
+        refuse the depth before the loss could show the NaN: an error of the whole group, not of the one
+        instance. The stand-in depth keeps the group's renderer and losses finite; the instance's gradients
+        are zeroed like any diverged instance's, and it gets a DivergenceError.
+        """
+        finite = torch.isfinite(depth).flatten(1).all(dim=1)  # (K,)
+        if bool(finite.all()):
+            return depth
+        for i in (~finite).nonzero().flatten().tolist():
+            if self.diverged[i] is None:
+                self.diverged[i] = "the depth network's output became NaN or inf"
+        stand_in = torch.full_like(depth, float(self.cfg.effective_border_depth))
+        return torch.where(finite[:, None, None, None], depth, stand_in)
+
     def clamp_border(self, depth: torch.Tensor) -> torch.Tensor:
         """Blend the 2 leftmost and rightmost columns towards border_depth (weight 1.02 in the reference)."""
         cfg = self.cfg
@@ -220,7 +237,7 @@ class InstanceGroup:
     def forward_input(self, flip: bool, train: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Predict depth, albedo, view and light of the input and re-render it (spec §2, forward_step1)."""
         img = self.images
-        depth = self.clamp_border(self.depth_from_raw(self.run_net("netD", img, train)))  # (K,1,S,S)
+        depth = self.finite_depth(self.clamp_border(self.depth_from_raw(self.run_net("netD", img, train))))
         albedo = self.run_net("netA", img, train)  # (K,1,3,S,S)
         view = self.run_net("netV", img, train)
         light = self.run_net("netL", img, train)

@@ -238,7 +238,8 @@ class Reconstructor:
         Each entry of ``instances`` holds ``image``, ``latent`` and optionally
         ``mask`` and ``seed``. Every instance keeps its own networks and
         optimiser state; results equal separate :meth:`reconstruct` calls up to
-        floating-point summation order. An entry that fails gets its exception in
+        floating-point summation order (which, in float32 over a full schedule, is
+        visible: see ``extras["batched_with"]`` and ``extras["torch_threads"]``). An entry that fails gets its exception in
         its slot instead of a result; the others are unaffected (a group that fails
         as a whole is rerun in halves).
         """
@@ -344,7 +345,12 @@ class Reconstructor:
                     raise err
                 out.append(err)
                 continue
-            out.append(self._result(group, final, i, seconds))
+            try:
+                out.append(self._result(group, final, i, seconds))
+            except DivergenceError as err:  # non-finite after the last update: this instance only
+                if raise_on_divergence:
+                    raise
+                out.append(err)
         return out
 
     def _result(self, group: InstanceGroup, final: dict[str, torch.Tensor], i: int, seconds: float
@@ -372,7 +378,8 @@ class Reconstructor:
             preset=self.preset_name,
             config_hash=self.config_hash,
             seed=group.instances[i].seed,
-            extras={"batched_with": group.k, "recon_version": __version__},
+            # float32 results depend on the summation order, hence on the CPU thread count and on K
+            extras={"batched_with": group.k, "torch_threads": torch.get_num_threads(), "recon_version": __version__},
         )
         for arr in (result.canonical_depth, result.view_depth, result.albedo, result.light, result.view):
             if not np.isfinite(arr).all():

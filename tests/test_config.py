@@ -111,6 +111,8 @@ def test_preset_from_yaml_path(tmp_path):
     ({"gan_chunk": "-1"}, "gan_chunk must be >= 0"),
     ({"adam_impl": "sgd"}, "adam_impl must be one of"),
     ({"reset_weight": "false"}, "reset_weight=false with joint_train=false is not supported"),  # was ignored
+    ({"border_depth": "3.0"}, r"border columns at .* outside \[min_depth, max_depth\]"),
+    ({"border_weight": "-5"}, r"border columns at .* outside"),
     ({"joint_train": "true"}, "reset_weight=true with joint_train=true is not supported"),
 ])
 def test_bad_overrides_are_clear_errors(overrides, message):

@@ -188,3 +188,33 @@ def test_a_group_that_fails_as_a_whole_is_retried_in_halves(rec, sample, monkeyp
     assert "breaks the renderer" in str(out[2])
     alone = rec.reconstruct(img, w, seed=1)
     np.testing.assert_array_equal(out[1].canonical_depth, alone.canonical_depth)
+
+
+@pytest.mark.parametrize("network, before", [("netD", "step3"), ("netD", "step1"), ("netL", "final_state")])
+def test_a_diverged_instance_fails_alone_without_rerunning_its_group(rec, sample, monkeypatch, network, before):
+    """NaN weights in one instance (as a bad Adam step would leave them) give that instance a DivergenceError.
+
+    D is trained only through the renderer, which used to refuse the NaN depth with a ValueError (stored
+    as "invalid input") and fail the whole group; a NaN found after the last update escaped the same way.
+    Either way the group was rerun in halves. Now the group runs once and the others' results stand."""
+    from recon import DivergenceError
+    from recon.engine import InstanceGroup
+
+    img, w = sample
+    original, groups = getattr(InstanceGroup, before), []
+
+    def poisoned(self, *args, **kwargs):
+        groups.append([inst.seed for inst in self.instances])
+        with torch.no_grad():
+            for j, inst in enumerate(self.instances):
+                if inst.seed == 13:
+                    for p in self.nets[network]._each_p[j].values():
+                        p.fill_(float("nan"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceGroup, before, poisoned)
+    out = rec.reconstruct_many([{"image": img, "latent": w, "seed": s} for s in (0, 13)], batch_size=2)
+    assert {tuple(g) for g in groups} == {(0, 13)}  # only the one group of two ran
+    assert np.isfinite(out[0].canonical_depth).all() and isinstance(out[1], DivergenceError)
+    with pytest.raises(DivergenceError):
+        rec.reconstruct(img, w, seed=13)
