@@ -8,12 +8,15 @@ Masks follow gan2shape_spec.md §3.3: values in [0, 1], 1 = object.
 from __future__ import annotations
 
 import io
+import logging
 import posixpath
 from typing import Any, Mapping
 
 import fsspec
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RowInputError", "decode_image", "decode_mask", "decode_latent", "resolve_relative"]
 
@@ -82,6 +85,15 @@ def _open_image(data: bytes, what: str) -> Image.Image:
     return _eight_bit(img, what)
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag, as image viewers do (a file without one is returned as is)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # a damaged EXIF block must not cost the row its image
+        log.warning("ignoring an unreadable EXIF orientation: %s", exc)
+        return img
+
+
 def _eight_bit(img: Image.Image, what: str) -> Image.Image:
     """16-bit grayscale scaled to 8 bits; 32-bit integer and float images refused.
 
@@ -99,8 +111,16 @@ def _eight_bit(img: Image.Image, what: str) -> Image.Image:
 
 def decode_image(value: Any, *, base_file_url: str | None = None,
                  storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Encoded image (bytes or HF ``{bytes, path}``) -> uint8 (H, W, 3)."""
-    img = _open_image(_encoded_bytes(value, "image", base_file_url, storage_options), "image")
+    """Encoded image (bytes or HF ``{bytes, path}``) -> uint8 (H, W, 3), upright and opaque.
+
+    The EXIF orientation is applied (phone photos are stored sideways with a tag saying so), and
+    transparent pixels are composited onto black (``convert("RGB")`` alone would show whatever colour
+    the file stores under them, e.g. a palette's magenta).
+    """
+    img = _upright(_open_image(_encoded_bytes(value, "image", base_file_url, storage_options), "image"))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if arr.shape[0] < 2 or arr.shape[1] < 2:
         raise RowInputError(f"image is too small: {arr.shape[1]}x{arr.shape[0]} pixels")
@@ -114,7 +134,7 @@ def decode_mask(value: Any, *, image_shape: tuple[int, int], base_file_url: str 
     Scaling to [0, 1] is left to the method (``recon.imaging.mask_to_tensor``), which also refuses a
     file that holds only 0 and 1 (it would read as an empty mask) with an error row that says so.
     """
-    img = _open_image(_encoded_bytes(value, "mask", base_file_url, storage_options), "mask")
+    img = _upright(_open_image(_encoded_bytes(value, "mask", base_file_url, storage_options), "mask"))
     arr = np.asarray(img.convert("L"), dtype=np.uint8)
     if arr.shape != tuple(image_shape):
         raise RowInputError(
