@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The job has already logged what it committed and cleaned up; a traceback would only bury that.
+        print("interrupted: committed rows are kept; re-run the same command to finish the others",
+              file=sys.stderr)
+        return 130
     print(f"output: {summary.output} ({summary.ok} ok, {summary.error} error this run; "
           f"{'complete' if summary.complete else 'incomplete'})")
     return 0 if summary.complete else 1

@@ -108,6 +108,9 @@ def load_bundle(uri: str | Path, storage_options: Mapping[str, Any] | None = Non
         text = fetch(uri, storage_options=storage_options, use_cache=False).read_text()
     except StorageError as exc:
         raise BundleError(f"cannot read model bundle: {exc}") from exc
+    except UnicodeDecodeError as exc:  # e.g. the checkpoint passed where its manifest belongs
+        raise BundleError(f"{uri} is not a bundle manifest (YAML or JSON text) but a binary file; pass the "
+                          "manifest that names the weights, not a weights file") from exc
     try:
         raw = json.loads(text) if uri.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -143,6 +143,9 @@ def test_stopped_driver_does_not_count_as_a_worker_death(tmp_path):
                     proc.wait()
         text = log_path.read_text()
         assert "stopped with 1 row(s) in flight" in text, text[-3000:]
+        if sig == signal.SIGINT:  # Ctrl-C: one line saying what to do, not a KeyboardInterrupt traceback
+            assert proc.returncode == 130 and "re-run the same command to finish the others" in text, text[-3000:]
+            assert "Traceback" not in text, text[-3000:]
         assert not list(out.glob("_attempts/*/*")), f"{sig.name}: the interrupted attempt still counts"
         assert not list(out.glob("part-*.parquet")) and not list(out.glob("_staging/items/*/*"))
 

@@ -165,6 +165,9 @@ def test_bundle_errors_are_clear(tmp_path):
         load_bundle(tmp_path / "c.yaml")
     with pytest.raises(BundleError, match="cannot read model bundle"):
         load_bundle(tmp_path / "missing.yaml")
+    torch.save({"g_ema": {}}, tmp_path / "g.pt")  # the checkpoint passed where its manifest belongs
+    with pytest.raises(BundleError, match=r"g\.pt is not a bundle manifest .* binary file"):
+        load_bundle(tmp_path / "g.pt")
 
 
 def test_view_light_gaussians_load_to_cpu_from_files(tmp_path):
