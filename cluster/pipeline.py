@@ -109,8 +109,11 @@ def _open_output(cfg: JobConfig) -> OutputStore:
         else:
             bucket = store.root.split("/", 1)[0]
             store.fs.invalidate_cache()
-            if not store.fs.exists(bucket):
-                raise SetupError(f"--output {cfg.output}: bucket {bucket!r} does not exist or is not accessible")
+            try:
+                store.fs.info(bucket)  # exists() would answer False for an unreachable endpoint too
+            except FileNotFoundError as exc:
+                raise SetupError(f"--output {cfg.output}: bucket {bucket!r} does not exist or is not accessible") \
+                    from exc
             store.fs.exists(store.root)
     except SetupError:
         raise
@@ -345,12 +348,19 @@ def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
                       info={"fingerprint": pre.fingerprint, "preset": cfg.preset,
                             "version": pre.recon_version, "output": pre.store.url})
     reporter = ProgressReporter(metrics, plan.total, plan.already_done, interval_s=cfg.progress_interval_s)
+    setup_failed = False
     try:
         if plan.todo:
             _execute(cfg, pre, summary, metrics, reporter)
+    except SetupError:
+        # e.g. --device cuda without a GPU: the same command would fail the same way, so no
+        # "re-run to finish" and no manifest; rows committed before it are compacted by the next run
+        setup_failed = True
+        raise
     finally:
         try:
-            _finish(cfg, pre, summary)
+            if not setup_failed:
+                _finish(cfg, pre, summary)
         finally:
             if own_metrics:
                 metrics.stop()

@@ -177,10 +177,10 @@ class Reconstructor:
             raise InputError(str(exc)) from exc
         h, w = img.shape[-2:]
         if h != w:
-            raise InputError(f"image must be square like the GAN's samples, got {h}x{w}")
+            raise InputError(f"image must be square like the GAN's samples, got {w}x{h} (width x height)")
         if self.config.crop and h < self.config.crop:
             raise InputError(f"preset {self.preset_name!r} crops {self.config.crop}px from the original, "
-                             f"but the image is only {h}x{w}")
+                             f"but the image is only {w}x{h}")
         return img
 
     def validate(self, image: Any, latent: Any, mask: Any = None, seed: int = 0) -> Instance:

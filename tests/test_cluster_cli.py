@@ -121,6 +121,9 @@ def test_unreachable_s3_input_and_missing_output_bucket(setup, s3_bucket):
     _fails(job_config("s3://any/in/", str(tmp / "out"), bundle, storage_options=dead), "input error: cannot read s3://any/in/")
     cfg = job_config(str(tmp / "in"), "s3://no-such-bucket-x1/out", bundle, storage_options=opts)
     _fails(cfg, "bucket 'no-such-bucket-x1' does not exist")
+    # an unreachable endpoint for the output is named as such, not as a missing bucket
+    _fails(job_config(str(tmp / "in"), f"s3://{bucket}/out", bundle, storage_options=dead),
+           "cannot reach --output .*EndpointConnectionError")
 
 
 def test_cli_prints_the_reason_and_exits_2(setup, capsys):

@@ -233,3 +233,16 @@ def test_preset_needing_masks_without_mask_column_stops_before_any_row(tmp_path)
         run_job(job_config(str(tmp_path / "in"), out, bundle, preset="car", num_actors=1))
     files = committed_files(out)
     assert files["items"] == [] and files["shards"] == []
+
+
+def test_cuda_without_a_gpu_is_a_setup_error_that_leaves_no_manifest(tmp_path):
+    """The same command would fail the same way: no "re-run to finish", no manifest saying "incomplete"."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    write_dataset(str(tmp_path / "in"), good_rows(2))
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    with pytest.raises(SetupError, match="--device cuda, but this machine has no GPU Ray can see"):
+        run_job(job_config(str(tmp_path / "in"), str(tmp_path / "out"), bundle, device="cuda"))
+    assert not (tmp_path / "out" / "_manifest.json").exists()
