@@ -12,14 +12,19 @@ does the same in W only:
   discriminator features the method already uses, plus ``l1`` times the pixel L1;
 * Adam with a linear learning-rate warm-up and a cosine decay, and a decaying
   seeded perturbation of W early on (it helps leave the mean's basin);
-* a stopping rule: stop when no image improved its best distance by more than
-  ``tol`` (relative) over ``patience`` steps; each image keeps its best W.
+* a stopping rule per image: an image whose best distance has not improved by more
+  than ``tol`` (relative) over ``patience`` steps is done and keeps its best W; the
+  batch stops when every image is done.
 
-Everything is seeded, so the same images give the same latents.
+Everything is seeded, and each image's perturbation comes from its own generator
+(seeded from ``seed`` and the image's pixels), so an image gets the same latent
+alone or in any batch, in any position (up to the floating-point summation order
+of batched convolutions).
 """
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -113,10 +118,11 @@ def invert(
         start = distance(render(mean.expand(n, -1)), targets)
     w = mean.expand(n, -1).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=settings.lr, betas=(0.9, 0.999))
-    rng = torch.Generator().manual_seed(seed)
+    rngs = [torch.Generator().manual_seed(_image_seed(seed, t)) for t in targets]
     best = start.clone()
     best_w = w.detach().clone()
-    last_gain_step = 0
+    last_gain = torch.zeros(n, dtype=torch.long, device=best.device)  # per image: step of its last real gain
+    done = torch.zeros(n, dtype=torch.bool, device=best.device)
     total = max(1, settings.steps)
     step = 0
     for step in range(1, total + 1):
@@ -126,27 +132,33 @@ def invert(
         for group in opt.param_groups:
             group["lr"] = settings.lr * ramp * down
         noise_scale = spread * settings.noise * max(0.0, 1 - t / 0.75) ** 2
-        eps = torch.randn(w.shape, generator=rng).to(w.device, w.dtype) * noise_scale
+        eps = torch.stack([torch.randn(w.shape[1], generator=r) for r in rngs]).to(w.device, w.dtype) * noise_scale
         before = w.detach().clone()
         loss = distance(render(w + eps), targets)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
         if noise_scale > 0:  # distances of perturbed codes are not comparable; track from the noise-free phase
-            last_gain_step = step
+            last_gain[:] = step
             continue
         current = loss.detach()  # distance of the code before this update
-        if bool((current < best * (1 - settings.tol)).any()):
-            last_gain_step = step
-        better = current < best
+        last_gain = torch.where(~done & (current < best * (1 - settings.tol)), step, last_gain)
+        better = ~done & (current < best)  # a done image keeps what it had when it stopped
         best = torch.where(better, current, best)
         best_w[better] = before[better]
-        if step - last_gain_step >= settings.patience:
+        done |= step - last_gain >= settings.patience
+        if bool(done.all()):
             break
-    with torch.no_grad():  # the code after the last update
+    with torch.no_grad():  # the code after the last update, for the images still running
         final = distance(render(w), targets)
-        better = final < best
+        better = ~done & (final < best)
         best = torch.where(better, final, best)
         best_w[better] = w.detach()[better]
     return InversionResult(latents=best_w.float().cpu(), distance=best.float().cpu(), start_distance=start.float().cpu(),
                            steps=step, metric=metric)
+
+
+def _image_seed(seed: int, target: torch.Tensor) -> int:
+    """The seed of one image's perturbation: from the call's seed and the image's pixels, not its position."""
+    pixels = target.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return (int(seed) * 1_000_003 + zlib.crc32(pixels)) % (2**63)

@@ -42,6 +42,20 @@ def test_inversion_is_deterministic_for_a_seed(targets):
     assert torch.equal(a.latents, b.latents) and torch.equal(a.distance, b.distance)
 
 
+def test_an_image_gets_its_latent_whatever_batch_it_is_in(targets):
+    """Each image has its own perturbation stream and its own stopping rule: swapping positions changes
+    nothing, and inverting it alone differs only by the batched convolutions' summation order."""
+    gan, img = targets
+    assert img.shape[0] >= 2
+    s = InversionSettings(steps=60, patience=10)
+    pair = invert(gan, img[:2], image_size=64, settings=s, seed=3)
+    swapped = invert(gan, img[[1, 0]], image_size=64, settings=s, seed=3)
+    alone = invert(gan, img[:1], image_size=64, settings=s, seed=3)
+    assert torch.equal(pair.latents[0], swapped.latents[1]) and torch.equal(pair.latents[1], swapped.latents[0])
+    torch.testing.assert_close(alone.latents[0], pair.latents[0], atol=2e-2, rtol=0)
+    torch.testing.assert_close(alone.distance[0], pair.distance[0], atol=1e-3, rtol=0)
+
+
 def test_stopping_rule_ends_early_when_nothing_improves(targets):
     gan, img = targets
     res = invert(gan, img, image_size=64, settings=InversionSettings(steps=500, noise=0.0, patience=5, tol=0.9))
