@@ -23,7 +23,13 @@ RELIGHT_DIRECTIONS = ((-1.5, 0.0), (-0.7, 0.0), (0.0, 0.0), (0.7, 0.0), (1.5, 0.
 
 
 def _to_uint8(img01: np.ndarray) -> np.ndarray:
-    return (np.clip(img01, 0, 1) * 255 + 0.5).astype(np.uint8)
+    # NaN (a diverged result saved anyway) shows as black rather than as whatever the cast makes of it
+    return (np.clip(np.nan_to_num(img01, nan=0.0), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _tensor(a) -> torch.Tensor:
+    """A result field as a float32 tensor: any float dtype, lists, flipped (negative-stride) views."""
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
 def _gray(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
@@ -37,10 +43,10 @@ def _gray(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np
 def rotated_views(result: ReconstructionResult, renderer: DepthRenderer, yaws_deg: Sequence[float]) -> list[np.ndarray]:
     """The canonical shaded image seen from each yaw (degrees) about the pivot, (H,W,3) in [0,1]."""
     dev = renderer.K.device
-    depth = torch.from_numpy(result.canonical_depth).to(dev)[None].expand(len(yaws_deg), -1, -1)
-    albedo = torch.from_numpy(result.albedo).permute(2, 0, 1).to(dev)
+    depth = _tensor(result.canonical_depth).to(dev)[None].expand(len(yaws_deg), -1, -1)
+    albedo = _tensor(result.albedo).permute(2, 0, 1).to(dev)
     ka, kd = float(result.light[0]), float(result.light[1])
-    shaded = albedo * (ka + kd * torch.from_numpy(result.shading).to(dev))[None]
+    shaded = albedo * (ka + kd * _tensor(result.shading).to(dev))[None]
     views = torch.zeros(len(yaws_deg), 6, device=dev)
     views[:, 1] = torch.tensor([math.radians(y) for y in yaws_deg], device=dev)
     view_depth = renderer.render_view_depth(depth.contiguous(), views)
@@ -57,15 +63,15 @@ def relit_views(result: ReconstructionResult, renderer: DepthRenderer,
     """The input view under other light directions (dx, dy): normalize(dx, dy, 1), same strengths."""
     dev = renderer.K.device
     n = len(directions)
-    depth = torch.from_numpy(result.canonical_depth).to(dev)[None]
+    depth = _tensor(result.canonical_depth).to(dev)[None]
     normal = renderer.normals(depth).expand(n, -1, -1, -1)
     d = torch.tensor([[dx, dy, 1.0] for dx, dy in directions], device=dev)
     d = d / d.norm(dim=1, keepdim=True)
     diffuse = lambertian_diffuse(normal.contiguous(), d)
-    albedo = torch.from_numpy(result.albedo).permute(2, 0, 1).to(dev)
+    albedo = _tensor(result.albedo).permute(2, 0, 1).to(dev)
     ka, kd = float(result.light[0]), float(result.light[1])
     tex = albedo[None] * (ka + kd * diffuse)[:, None]
-    view = torch.from_numpy(result.view).to(dev)[None].expand(n, -1).contiguous()
+    view = _tensor(result.view).to(dev)[None].expand(n, -1).contiguous()
     view_depth = renderer.render_view_depth(depth.expand(n, -1, -1).contiguous(), view)
     grid = renderer.inverse_warp_grid(view_depth, view)
     img = F.grid_sample(tex, grid, mode="bilinear", align_corners=True)
@@ -77,6 +83,8 @@ def relit_views(result: ReconstructionResult, renderer: DepthRenderer,
 def contact_sheet(result: ReconstructionResult, renderer: DepthRenderer, yaw_range: float = 60.0,
                   n_yaws: int = 7, title: str | None = None, cell: int = 128) -> Image.Image:
     """One PNG-ready image summarising ``result`` (see the module docstring)."""
+    if n_yaws < 1:
+        raise ValueError(f"n_yaws must be >= 1, got {n_yaws}")
     valid = result.valid_mask
     view_depth = np.where(valid, result.view_depth, np.nan)
     vd = _gray(np.nan_to_num(view_depth, nan=float(np.nanmax(view_depth)) if valid.any() else 1.0))

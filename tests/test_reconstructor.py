@@ -248,6 +248,15 @@ def test_contact_sheet_is_written(rec, tmp_path):
     assert sheet.shape == (3 * 128 + 16, 7 * 128, 3)
     # the rows are not blank: rotations and relit views vary across the row
     assert sheet[16 + 128:16 + 256].std() > 5 and sheet[16 + 256:].std() > 5
+    # a result edited by the caller: flipped views, float16, lists, a NaN pixel
+    import dataclasses
+
+    edited = dataclasses.replace(res, canonical_depth=res.canonical_depth[:, ::-1], albedo=res.albedo.astype(np.float16),
+                                 light=res.light.tolist(), view=res.view.tolist(), shading=res.shading.copy())
+    edited.shading[0, 0] = np.nan
+    assert np.asarray(Image.open(save_contact_sheet(edited, rec.renderer, tmp_path / "edited.png"))).shape == sheet[16:].shape
+    with pytest.raises(ValueError, match="n_yaws must be >= 1"):
+        save_contact_sheet(res, rec.renderer, tmp_path / "none.png", n_yaws=0)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
