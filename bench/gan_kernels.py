@@ -38,6 +38,7 @@ from recon.bundle import load_bundle  # noqa: E402
 from recon.losses import discriminator_feature_loss, masked_l1  # noqa: E402
 from recon.storage import cache_dir  # noqa: E402
 from recon.stylegan2 import load_stylegan2  # noqa: E402
+from report_path import report_path  # noqa: E402
 from step_throughput import reference_architecture_bundle  # noqa: E402
 
 VARIANTS = {
@@ -121,8 +122,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining variants after this long")
-    p.add_argument("--json", default="bench/results/gan_kernels.json")
+    p.add_argument("--json", default=None,
+                   help="the JSON report (default: a new bench/results/gan_kernels_<device>_<UTC time>.json)")
     args = p.parse_args(argv)
+    args.json = args.json or report_path('gan_kernels', args.device)
     t0 = time.perf_counter()
     bundle = reference_architecture_bundle(args.preset, cache_dir() / "bench-reference-gans")
     gan_path = load_bundle(bundle).stylegan2

@@ -28,6 +28,7 @@ from recon.config import parse_assignments  # noqa: E402
 from recon.storage import cache_dir  # noqa: E402
 from recon.synthetic.bundle import build_synthetic_bundle  # noqa: E402
 from recon.synthetic.dataset import sample_instances  # noqa: E402
+from report_path import report_path  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,8 +36,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--preset", default="synthetic")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", default="bench/results/inversion.json")
+    p.add_argument("--json", default=None,
+                   help="the JSON report (default: a new bench/results/inversion_<device>_<UTC time>.json)")
     args = p.parse_args(argv)
+    args.json = args.json or report_path('inversion', None)
     bundle = build_synthetic_bundle(cache_dir() / "synthetic-64", size=64)
     rec = Reconstructor(str(bundle), args.preset, overrides=parse_assignments(args.set))
     inst = sample_instances(rec.gan, args.n)

@@ -45,6 +45,7 @@ from recon.synthetic.dataset import sample_instances
 from recon.synthetic.evaluate import (score_canonical_at_true_view, score_constant, score_prior,
                                      score_prior_frontal, score_result, score_truth_frontal)
 from recon.synthetic.pretrained import pretrained_synthetic_bundle
+from report_path import report_path  # noqa: E402
 
 #: The reduced CPU schedule: 5% of every iteration count (prior 50, steps 25/25/10, collect 5).
 REDUCED_FAST = 0.05
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
                     "gpu": torch.cuda.get_device_name() if rec.device.type == "cuda" else None},
         "preset": args.preset, "fast": overrides["fast"], "overrides": overrides, "n": args.n, "seeds": args.seeds,
         "batch": args.batch,
-        "iterations": {"prior": 0 if rec.pretrained else cfg.prior_fit_iters, **cfg.total_iterations()},
+        "iterations": {"prior": cfg.prior_fit_iters if rec.fits_prior else 0, **cfg.total_iterations()},
         "pretraining": pretraining,
         "summary": summary, "seed_means": seed_means, "seed_spread_range": spread,
         "improvement_over_prior": improvement, "instances_better_than_prior": per_instance_wins,
@@ -174,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="add the LPIPS term (lam_perc 0.5) with randomly initialised VGG16 weights: no perceptual "
                         "metric, so not for absolute quality, but it puts options on the LPIPS path "
                         "(e.g. lpips_autocast) under test")
-    p.add_argument("--json", default="bench/results/quality.json", help="where to write the JSON report")
+    p.add_argument("--json", default=None,
+                   help="the JSON report (default: a new bench/results/quality_<device>_<UTC time>.json)")
     args = p.parse_args(argv)
+    args.json = args.json or report_path('quality', args.device)
     report = run(args)
     print_table(report)
     if args.json:

@@ -53,7 +53,8 @@ from recon.bundle import write_bundle  # noqa: E402
 from recon.config import load_config, parse_assignments  # noqa: E402
 from recon.storage import cache_dir  # noqa: E402
 from recon.stylegan2 import Discriminator, Generator, StyleGAN2, StyleGAN2Config, save_stylegan2  # noqa: E402
-from throughput import device_peak, flops_per_instance  # noqa: E402
+from throughput import device_peak, flops_per_instance, matching_peak  # noqa: E402
+from report_path import report_path  # noqa: E402
 
 #: The StyleGAN2 each preset's checkpoint holds (stylegan2_spec.md, table of configs): size, channel multiplier.
 REFERENCE_GANS = {"celeba": (128, 1), "celeba_pretrain": (128, 1), "synface": (128, 1), "cat": (256, 1),
@@ -113,7 +114,7 @@ def parse_setting(text: str) -> tuple[int, dict]:
 def full_counts(preset: str, overrides: dict, pretrained: bool) -> dict[str, int]:
     cfg = load_config(preset, {**overrides, "fast": 1.0})
     counts = dict(cfg.total_iterations())
-    counts["prior"] = 0 if pretrained else cfg.prior_fit_iters
+    counts["prior"] = cfg.prior_fit_iters if (not pretrained or cfg.prior_every_image) else 0
     counts["collect"] = cfg.collect * cfg.num_stage
     return counts
 
@@ -173,8 +174,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining settings after this long")
     p.add_argument("--no-flops", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applies to every setting")
-    p.add_argument("--json", default="bench/results/step_throughput.json")
+    p.add_argument("--json", default=None,
+                   help="the JSON report (default: a new bench/results/step_throughput_<device>_<UTC time>.json)")
     args = p.parse_args(argv)
+    args.json = args.json or report_path('step_throughput', args.device)
     t0 = time.perf_counter()
     if args.gan == "reference":
         bundle = reference_architecture_bundle(args.preset, cache_dir() / "bench-reference-gans")
@@ -226,7 +229,8 @@ def main(argv=None) -> int:
         if "flops_per_instance" in report:
             achieved = report["flops_per_instance"]["total"] * run["instances_per_hour_full"] / 3600
             run["achieved_flops"] = achieved
-            run["fraction_of_peak"] = achieved / max(report["device_peak_flops"].values())
+            run["peak_dtype"], rate = matching_peak(report["device_peak_flops"], {**common, **overrides})
+            run["fraction_of_peak"] = achieved / rate
         report["runs"].append(run)
         save()
         rates = ", ".join(f"{s} {1e3 * v:.1f}" for s, v in run["seconds_per_iteration"].items())
@@ -235,7 +239,7 @@ def main(argv=None) -> int:
               f"({run['full_schedule_seconds']:.0f}s per group of {k}); at fast {args.fast}: "
               f"{run['instances_per_hour_at_fast']:.1f} inst/h in {run['seconds_at_fast']:.1f}s; "
               f"peak {peak}; ms/iter: {rates}; setup {run['setup_seconds']:.1f}s"
-              + (f"; {100 * run['fraction_of_peak']:.2f}% of peak" if "fraction_of_peak" in run else "")
+              + (f"; {100 * run['fraction_of_peak']:.2f}% of the {run['peak_dtype']} peak" if "fraction_of_peak" in run else "")
               + ("" if run["finite"] else "; NON-FINITE OUTPUT"), flush=True)
     ok = [r for r in report["runs"] if "error" not in r]
     first_k1 = next((text for text in args.settings if parse_setting(text)[0] == 1), None)

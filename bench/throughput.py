@@ -48,6 +48,7 @@ from recon.storage import cache_dir  # noqa: E402
 from recon.synthetic.bundle import build_synthetic_bundle  # noqa: E402
 from recon.synthetic.dataset import sample_instances  # noqa: E402
 from recon.synthetic.evaluate import score_result  # noqa: E402
+from report_path import report_path  # noqa: E402
 
 
 MODE_LABEL = {"a": "sequential", "b": "batched   "}
@@ -140,7 +141,7 @@ def _count_flops(rec: Reconstructor, image, latent, mask) -> dict:
     per_iter["collect"] = counter.get_total_flops()
     group.collect()
     per_iter["step3"] = over_stages("step3", lambda flip: lambda: group.step3_loss(flip)[:2])
-    counts = {"prior": cfg.prior_fit_iters if rec.pretrained is None else 0, "collect": cfg.collect * cfg.num_stage,
+    counts = {"prior": cfg.prior_fit_iters if rec.fits_prior else 0, "collect": cfg.collect * cfg.num_stage,
               **cfg.total_iterations()}
     total = sum(per_iter[s] * counts[s] for s in per_iter)
     return {"per_iteration": per_iter, "iterations": counts, "total": total}
@@ -179,6 +180,15 @@ def device_peak(device: str) -> dict:
             torch.cuda.synchronize()
         rates[str(dtype).replace("torch.", "")] = 2 * n ** 3 * reps / (time.perf_counter() - t)
     return rates
+
+
+def matching_peak(peak: dict, overrides: dict) -> tuple[str, float]:
+    """The measured matmul rate of the precision a setting computes in: bfloat16's when any bf16 option
+    is on (an upper bound for a mixed setting), else float32's (a float32 run against the bf16 peak
+    would look ~15x further from the limit than it is on an H200)."""
+    if "bfloat16" in peak and "bf16" in (overrides.get("autocast"), overrides.get("lpips_autocast")):
+        return "bfloat16", peak["bfloat16"]
+    return "float32", peak["float32"]
 
 
 def profile_steps(args) -> None:
@@ -221,11 +231,13 @@ def main(argv=None) -> int:
                    help="time the second of two identical runs in each process, as in a long-running actor (the first "
                         "run touches the process's peak memory for the first time, which a cold measurement pays)")
     p.add_argument("--profile", action="store_true", help="also print a profile of one iteration per step")
-    p.add_argument("--json", default="bench/results/throughput.json")
+    p.add_argument("--json", default=None,
+                   help="the JSON report (default: a new bench/results/throughput_<device>_<UTC time>.json)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=("a", "b"), help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.json = args.json or report_path('throughput', args.device)
     if args.child:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
@@ -259,7 +271,10 @@ def main(argv=None) -> int:
     rec = _reconstructor(args)
     inst = sample_instances(rec.gan, 1)[0]
     flops = flops_per_instance(rec, inst.image, inst.latent, inst.mask)
+    if args.threads:  # the children run with --threads; measure the peak they can reach
+        torch.set_num_threads(args.threads)
     peak = device_peak(args.device)
+    peak_dtype, peak_rate = matching_peak(peak, parse_assignments(args.set))
     best = max(summary, key=lambda r: r["instances_per_hour"])
     achieved = flops["total"] * best["instances_per_hour"] / 3600
     report = {
@@ -271,7 +286,7 @@ def main(argv=None) -> int:
         "repeats": args.repeats, "warm": args.warm, "runs": runs, "summary": summary, "flops_per_instance": flops,
         "device_peak_flops": peak,
         "best": {"mode": best["mode"], "k": best["k"], "instances_per_hour": best["instances_per_hour"],
-                 "achieved_flops": achieved, "fraction_of_peak": achieved / max(peak.values())},
+                 "achieved_flops": achieved, "peak_dtype": peak_dtype, "fraction_of_peak": achieved / peak_rate},
     }
     state = "warm: second run in each process" if args.warm else "cold: first run in a fresh process"
     print(f"\nmedian of {args.repeats} repeat(s), {state}:")
@@ -282,7 +297,7 @@ def main(argv=None) -> int:
           f"(per iteration, GFLOP: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops["per_iteration"].items()) + ")")
     print(f"device peak (measured matmul): " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peak.items()))
     print(f"best: {MODE_LABEL[best['mode']].strip()} K={best['k']}: {best['instances_per_hour']:.1f} "
-          f"inst/h = {achieved / 1e9:.1f} GFLOP/s achieved, {100 * report['best']['fraction_of_peak']:.1f}% of peak")
+          f"inst/h = {achieved / 1e9:.1f} GFLOP/s achieved, {100 * report['best']['fraction_of_peak']:.1f}% of the {peak_dtype} peak")
     by_key = {(r["k"], r["mode"]): r for r in summary}
     speed = {(r["k"], r["repeat"], r["mode"]): r["instances_per_hour"] for r in runs}
     for k in args.ks:

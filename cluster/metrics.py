@@ -17,6 +17,7 @@ Metric names (documented in the README):
 ``recon_instances_already_done``           gauge      rows committed before this run started
 ``recon_instances_remaining``              gauge      rows in scope without a committed result
 ``recon_throughput_instances_per_minute``  gauge      rows/min over the last 30 min of this run
+                                                      (the run's average when none finished in it)
 ``recon_eta_seconds``                      gauge      remaining / throughput (NaN until known)
 ``recon_last_success_timestamp_seconds``   gauge      unix time of the last ok row
 ``recon_run_info{...}``                    gauge = 1  fingerprint, preset, version, output
@@ -28,6 +29,7 @@ import collections
 import json
 import logging
 import math
+import threading
 import time
 from typing import Any, Mapping
 
@@ -77,6 +79,8 @@ class JobMetrics:
         self._window_s = float(window_s)
         self._clock = clock
         self._done_times: collections.deque[float] = collections.deque()
+        self._done_this_run = 0
+        self._rate_lock = threading.Lock()  # observe() (main thread) and the live poller both refresh
         self._started = clock()
         self._remaining = 0
         self.counts = {"ok": 0, "error": 0}
@@ -104,6 +108,7 @@ class JobMetrics:
         self.remaining.set(self._remaining)
         self.run_info.labels(**info).set(1)
         self._started = self._clock()
+        self._done_this_run = 0
         self._refresh_rate(self._started)
 
     def observe(self, status_row: Mapping[str, Any]) -> None:
@@ -123,14 +128,23 @@ class JobMetrics:
         self._remaining = max(0, self._remaining - 1)
         self.remaining.set(self._remaining)
         now = self._clock()
-        self._done_times.append(now)
+        with self._rate_lock:
+            self._done_times.append(now)
+            self._done_this_run += 1
         self._refresh_rate(now)
 
     def _refresh_rate(self, now: float) -> None:
-        while self._done_times and now - self._done_times[0] > self._window_s:
-            self._done_times.popleft()
-        span = min(self._window_s, max(now - self._started, 1e-9))
-        per_minute = len(self._done_times) / span * 60.0
+        with self._rate_lock:
+            while self._done_times and now - self._done_times[0] > self._window_s:
+                self._done_times.popleft()
+            elapsed = max(now - self._started, 1e-9)
+            if self._done_times or not self._done_this_run:
+                per_minute = len(self._done_times) / min(self._window_s, elapsed) * 60.0
+            else:
+                # Nothing finished within the window, but rows did earlier: with K rows per actor call,
+                # rows arrive in bursts that can be an hour apart, and a rate of 0 (ETA unknown) for
+                # half of every group would be wrong. The whole run's average stands in.
+                per_minute = self._done_this_run / elapsed * 60.0
         self.throughput.set(per_minute)
         if self._remaining == 0:
             self.eta.set(0.0)

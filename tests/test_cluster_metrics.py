@@ -68,7 +68,7 @@ def test_endpoint_serves_documented_metrics_with_matching_values():
                                   ("version", "0.1.0"))] == 1
 
 
-def test_eta_is_nan_until_a_row_finishes_and_window_forgets_old_rows():
+def test_eta_is_nan_until_a_row_finishes_and_an_empty_window_falls_back_to_the_run_average():
     clock = FakeClock()
     m = JobMetrics(clock=clock, window_s=600)
     m.start_run(planned=5, already_done=0, info={"fingerprint": "f", "preset": "p", "version": "v", "output": "o"})
@@ -78,7 +78,11 @@ def test_eta_is_nan_until_a_row_finishes_and_window_forgets_old_rows():
     assert math.isclose(m.rate_per_minute, 1.0)
     clock.t += 1200  # the one completion falls out of the 10-minute window
     m.set_live(in_flight=1, active_actors=1)
-    assert m.rate_per_minute == 0 and math.isnan(m.eta_seconds)
+    # rows in bursts (K per actor call) leave the window empty between them: the run's average, not 0
+    assert math.isclose(m.rate_per_minute, 1 / 1260 * 60) and math.isclose(m.eta_seconds, 4 * 1260)
+    clock.t += 60
+    m.observe({"status": "ok", "seconds": 60})  # a row inside the window: the windowed rate again
+    assert math.isclose(m.rate_per_minute, 1 / 600 * 60)
 
 
 def test_progress_line_is_rate_limited_and_informative():
