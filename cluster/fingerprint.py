@@ -33,10 +33,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
+
+from recon.config import preset_file
 
 from .config import JobConfig, SetupError
 from .schema import SCHEMA_VERSION
@@ -77,12 +78,12 @@ def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: s
 def _preset_file_sha256(preset: str) -> str | None:
     """Hash of the settings in a preset YAML file; None for a named preset.
 
-    "A file" is decided as recon.config.load_config decides it. The parsed
+    "A file" is what recon.config.load_config reads as one. The parsed
     settings are hashed, so comments and layout do not count; a file that does
     not parse is hashed byte for byte (the method refuses it anyway).
     """
-    path = Path(preset)
-    if path.suffix not in (".yaml", ".yml", ".json") or not path.is_file():
+    path = preset_file(preset)
+    if path is None:
         return None
     try:
         raw = path.read_bytes()

@@ -279,6 +279,12 @@ def parse_assignments(pairs: list[str] | None) -> dict[str, str]:
     return result
 
 
+def preset_file(preset: str) -> Path | None:
+    """The YAML/JSON file ``preset`` names, or None when it names a built-in preset."""
+    path = Path(preset)
+    return path if path.suffix in (".yaml", ".yml", ".json") and path.is_file() else None
+
+
 def load_config(
     preset: str,
     overrides: Mapping[str, Any] | None = None,
@@ -290,8 +296,8 @@ def load_config(
     """
     base = GAN2ShapeConfig().to_dict()
     base.update(_read_mapping(PRESET_DIR / "_defaults.yaml"))
-    path = Path(preset)
-    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+    path = preset_file(preset)
+    if path is not None:
         preset_values, name = _read_mapping(path), path.stem
     elif (PRESET_DIR / f"{preset}.yaml").is_file():
         preset_values, name = _read_mapping(PRESET_DIR / f"{preset}.yaml"), preset
