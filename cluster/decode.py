@@ -82,7 +82,7 @@ def _open_image(data: bytes, what: str) -> Image.Image:
         raise RowInputError(f"cannot decode {what} bytes ({len(data)} bytes): not a known image format") from exc
     except Exception as exc:
         raise RowInputError(f"cannot decode {what} bytes ({len(data)} bytes): {type(exc).__name__}: {exc}") from exc
-    return _eight_bit(img, what)
+    return _upright(_eight_bit(img, what))
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -117,7 +117,7 @@ def decode_image(value: Any, *, base_file_url: str | None = None,
     transparent pixels are composited onto black (``convert("RGB")`` alone would show whatever colour
     the file stores under them, e.g. a palette's magenta).
     """
-    img = _upright(_open_image(_encoded_bytes(value, "image", base_file_url, storage_options), "image"))
+    img = _open_image(_encoded_bytes(value, "image", base_file_url, storage_options), "image")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
@@ -134,7 +134,7 @@ def decode_mask(value: Any, *, image_shape: tuple[int, int], base_file_url: str 
     Scaling to [0, 1] is left to the method (``recon.imaging.mask_to_tensor``), which also refuses a
     file that holds only 0 and 1 (it would read as an empty mask) with an error row that says so.
     """
-    img = _upright(_open_image(_encoded_bytes(value, "mask", base_file_url, storage_options), "mask"))
+    img = _open_image(_encoded_bytes(value, "mask", base_file_url, storage_options), "mask")
     arr = np.asarray(img.convert("L"), dtype=np.uint8)
     if arr.shape != tuple(image_shape):
         raise RowInputError(
