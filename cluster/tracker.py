@@ -33,9 +33,8 @@ class ProgressTracker:
 
     def started(self, worker: str, ids: list[str], markers: list[str] | None = None) -> None:
         self._beats[worker] = time.monotonic()
-        for k, i in enumerate(ids):
+        for i, marker in zip(ids, markers or [None] * len(ids)):
             self._running[i] = worker
-            marker = markers[k] if markers and k < len(markers) else None
             if marker:
                 self._markers[i] = marker
             else:
