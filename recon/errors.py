@@ -18,5 +18,5 @@ def first_line(exc: BaseException) -> str:
 
 def describe(exc: BaseException) -> str:
     """``Type: first line of the message``, or just the type when the message is empty."""
-    line = first_line(exc)
-    return type(exc).__name__ if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name

@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .errors import describe
 from .storage import fetch
 
 __all__ = [
@@ -102,10 +103,9 @@ def _read_state(uri: str, local: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load reports damaged or foreign files through many exception types
-        detail = str(exc).splitlines()[0] if str(exc).strip() else ""
         raise LPIPSWeightsError(
             f"{uri}: cannot read the {what} file: not a torch state dict, or truncated/corrupt "
-            f"({type(exc).__name__}: {detail[:200]})"
+            f"({describe(exc)[:240]})"
         ) from exc
     if not isinstance(obj, Mapping):
         raise LPIPSWeightsError(f"{uri}: the {what} file holds a {type(obj).__name__}, expected a state dict")
