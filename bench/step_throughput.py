@@ -111,10 +111,10 @@ def parse_setting(text: str) -> tuple[int, dict]:
     return int(k), parse_assignments([kv for kv in rest.split(",") if kv])
 
 
-def full_counts(preset: str, overrides: dict, pretrained: bool) -> dict[str, int]:
+def full_counts(preset: str, overrides: dict, fits_prior: bool) -> dict[str, int]:
     cfg = load_config(preset, {**overrides, "fast": 1.0})
     counts = dict(cfg.total_iterations())
-    counts["prior"] = cfg.prior_fit_iters if (not pretrained or cfg.prior_every_image) else 0
+    counts["prior"] = cfg.prior_fit_iters if fits_prior else 0
     counts["collect"] = cfg.collect * cfg.num_stage
     return counts
 
@@ -146,7 +146,7 @@ def measure(bundle: Path, args, k: int, overrides: dict) -> dict:
     per_iter = {step: secs / (passes if step == "collect" else r0.iterations[step])
                 for step, secs in r0.step_seconds.items()}
     setup = seconds - sum(r0.step_seconds.values())
-    counts = full_counts(args.preset, overrides, rec.pretrained is not None)
+    counts = full_counts(args.preset, overrides, rec.fits_prior)
     full = setup + sum(per_iter.get(step, 0.0) * n for step, n in counts.items())
     finite = all(np.isfinite(r.canonical_depth).all() for r in results)
     peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
