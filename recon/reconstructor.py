@@ -58,6 +58,7 @@ def checked_seed(seed: Any) -> int:
         raise InputError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}") from exc
     return value
 
+
 class Reconstructor:
     """GAN2Shape reconstruction of single images with one loaded model bundle."""
 
@@ -239,10 +240,12 @@ class Reconstructor:
         ``mask`` and ``seed``. Every instance keeps its own networks and
         optimiser state; results equal separate :meth:`reconstruct` calls up to
         floating-point summation order (which, in float32 over a full schedule, is
-        visible: see ``extras["batched_with"]`` and ``extras["torch_threads"]``). An entry that fails gets its exception in
-        its slot instead of a result; the others are unaffected (a group that fails
-        as a whole is rerun in halves).
+        visible: see ``extras["batched_with"]`` and ``extras["torch_threads"]``).
+        An entry that fails gets its exception in its slot instead of a result; the
+        others are unaffected (a group that fails as a whole is rerun in halves).
         """
+        if batch_size is not None and batch_size < 0:
+            raise ValueError(f"batch_size must be positive (or 0/None to choose it from memory), got {batch_size}")
         results: list[ReconstructionResult | Exception | None] = [None] * len(instances)
         valid: list[tuple[int, Instance]] = []
         for i, item in enumerate(instances):
@@ -251,8 +254,6 @@ class Reconstructor:
                                                item.get("seed", 0))))
             except Exception as exc:  # InputError, or an entry that is not a mapping: fails alone
                 results[i] = exc
-        if batch_size is not None and batch_size < 0:
-            raise ValueError(f"batch_size must be positive (or 0/None to choose it from memory), got {batch_size}")
         k = batch_size or self.suggest_batch_size()
         for start in range(0, len(valid), k):
             chunk = valid[start:start + k]
