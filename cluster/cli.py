@@ -22,19 +22,51 @@ row schema and the metric names.
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the epilog's line breaks and show each flag's default (unless its help already tells it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or "default" in text or action.default in (None, [], False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _ListPresets(argparse.Action):
+    """``--list-presets``: print the built-in presets and exit, like ``--version`` (no other flag needed)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from recon.config import available_presets, preset_summary
+
+        names = available_presets()
+        width = max(len(n) for n in names)
+        print("".join(f"{n:<{width}}  {preset_summary(n)}\n" for n in names), end="")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from recon.config import available_presets
+    from recon.version import code_version
+
     p = argparse.ArgumentParser(
         prog="reconstruct_dataset.py",
-        description="Give every image of a Parquet dataset a 3D annotation (GAN2Shape) on Ray.",
+        description="Give every image of a dataset (Parquet, or a folder of image files) a 3D annotation "
+                    "(GAN2Shape) on Ray.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {code_version()}")
+    p.add_argument("--list-presets", action=_ListPresets, help="print the built-in presets and exit")
     io = p.add_argument_group("data")
     io.add_argument("--input", required=True, help="Parquet file, folder or glob (local, s3://, gs://, ...)")
     io.add_argument("--output", required=True, help="output folder (local, s3://, gs://, ...)")
     io.add_argument("--bundle", required=True, help="model bundle manifest URL (GAN, nets, priors)")
-    io.add_argument("--preset", required=True, help="method preset, e.g. celeba, cat, car, church")
-    io.add_argument("--id-column", default="image_id")
+    io.add_argument("--preset", required=True,
+                    help=f"method preset: one of {', '.join(available_presets())}, or a YAML file")
+    io.add_argument("--id-column", default="image_id", help="unique id of each input row")
     io.add_argument("--image-column", default="image",
                     help="encoded image bytes, or the Hugging Face struct<bytes, path>")
     io.add_argument("--latent-column", default="latent", help="W latent: list of floats")
@@ -71,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     obs.add_argument("--metrics-host", default="127.0.0.1",
                      help="address to bind the endpoint (0.0.0.0 to expose it)")
     obs.add_argument("--progress-interval", type=float, default=30.0, help="seconds between progress lines")
-    obs.add_argument("-v", "--verbose", action="count", default=0)
+    obs.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug logs")
 
     # Advanced: a test double or an alternative method class with the same interface.
     p.add_argument("--reconstructor", default=DEFAULT_RECONSTRUCTOR, help=argparse.SUPPRESS)

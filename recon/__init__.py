@@ -5,8 +5,6 @@ Main entry points: :class:`Reconstructor` (per-image method), :class:`Reconstruc
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 _LAZY = {
     "Reconstructor": ("recon.reconstructor", "Reconstructor"),
     "ReconstructionResult": ("recon.result", "ReconstructionResult"),
@@ -20,6 +18,10 @@ __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # release + git revision (recon.version); a git call, so only when asked
+        from .version import code_version
+
+        return code_version()
     # Lazy so that `import recon` stays cheap and submodules load only when used.
     if name in _LAZY:
         import importlib

@@ -10,6 +10,7 @@ silently runs the reference settings.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -199,6 +200,23 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
+def preset_summary(name: str) -> str:
+    """The opening comment of a built-in preset's file, on one line: what it is (for ``--list-presets``)."""
+    lines = []
+    for line in (PRESET_DIR / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+def unknown_preset_message(preset: str) -> str:
+    """Why ``preset`` is refused, with the closest built-in names when it looks misspelt."""
+    close = difflib.get_close_matches(preset, available_presets(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown preset {preset!r}{hint}; available: {available_presets()} (or a path to a YAML file)"
+
+
 def _read_mapping(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
@@ -302,7 +320,7 @@ def load_config(
     elif (PRESET_DIR / f"{preset}.yaml").is_file():
         preset_values, name = _read_mapping(PRESET_DIR / f"{preset}.yaml"), preset
     else:
-        raise ConfigError(f"unknown preset {preset!r}; available: {available_presets()} (or a path to a YAML file)")
+        raise ConfigError(unknown_preset_message(preset))
     merged = apply_overrides(base, preset_values)
     if override_file is not None:
         merged = apply_overrides(merged, _read_mapping(Path(override_file)))
