@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rows-per-shard", type=int, default=256, help="rows per output Parquet shard")
     run.add_argument("--allow-fingerprint-change", action="store_true",
                      help="keep old rows and add new ones when the settings changed since the last run")
+    run.add_argument("--dry-run", action="store_true",
+                     help="run the checks and the plan, print what would run (rows in scope, already done, "
+                          "settings, fingerprint) and exit; starts no Ray and writes nothing")
 
     obs = p.add_argument_group("observability")
     obs.add_argument("--metrics-port", type=int, default=9300, help="Prometheus endpoint port; 0 = off")
@@ -163,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     try:
         cfg = config_from_args(args)
-        from .pipeline import run_job
+        from .pipeline import dry_run, run_job
 
+        if args.dry_run:
+            print(dry_run(cfg))
+            return 0
         summary = run_job(cfg)
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)

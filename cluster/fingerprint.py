@@ -101,15 +101,18 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool) -> list[str]:
+def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool, write: bool = True) -> list[str]:
     """Record ``fp`` in ``<output>/_run.json`` or check it matches what is there.
 
     Returns the list of earlier fingerprints kept in the folder (empty normally).
-    Raises :class:`SetupError` on a mismatch unless ``allow_change``.
+    Raises :class:`SetupError` on a mismatch unless ``allow_change``. ``write=False``
+    (``--dry-run``) makes the same decision and writes nothing.
     """
     record = {"fingerprint": fp.digest, "fields": fp.fields,
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "history": []}
     raw = store.read_json_bytes(store.run_path)
+    if raw is None and not write:
+        return []
     if raw is None:
         if store.create(store.run_path, json.dumps(record, indent=2, default=str).encode()):
             return []
@@ -122,6 +125,8 @@ def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool) 
         return [h["fingerprint"] for h in existing.get("history", [])]
     diffs = _differences(existing.get("fields", {}), json.loads(json.dumps(fp.fields, default=str)))
     if _holds_nothing(store):
+        if not write:
+            return []
         # The earlier run never worked on a row (it failed at start): nothing here can mix.
         log.info("%s holds no rows of its earlier run %s; claiming it for this run %s (%s)", store.url,
                  existing.get("fingerprint"), fp.digest, "; ".join(diffs) or "unknown differences")
@@ -138,6 +143,8 @@ def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool) 
         {k: existing.get(k) for k in ("fingerprint", "fields", "created_at")}
     ]
     record["history"] = history
+    if not write:
+        return [h["fingerprint"] for h in history]
     store.replace(store.run_path, json.dumps(record, indent=2, default=str).encode())
     return [h["fingerprint"] for h in history]
 

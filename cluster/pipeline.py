@@ -35,7 +35,7 @@ from .planner import Plan, make_plan
 from .store import OutputStore
 from .worker import WorkerSettings, WorkerSetupError, load_reconstructor_class
 
-__all__ = ["JobSummary", "run_job", "preflight"]
+__all__ = ["JobSummary", "run_job", "preflight", "dry_run"]
 
 log = logging.getLogger("recon.job")
 
@@ -96,15 +96,16 @@ def _read_bundle(cfg: JobConfig) -> bytes:
         raise SetupError(f"cannot read the bundle {cfg.bundle}: {type(exc).__name__}: {exc}") from exc
 
 
-def _open_output(cfg: JobConfig) -> OutputStore:
+def _open_output(cfg: JobConfig, create: bool = True) -> OutputStore:
     try:
         store = OutputStore(cfg.output, cfg.storage_options)
     except ImportError as exc:
         raise SetupError(f"cannot open --output {cfg.output}: filesystem not installed ({exc})") from exc
     try:
         if is_local_fs(store.fs):
-            os.makedirs(store.root, exist_ok=True)
-            if not os.access(store.root, os.W_OK):
+            if create:
+                os.makedirs(store.root, exist_ok=True)
+            if os.path.exists(store.root) and not os.access(store.root, os.W_OK):
                 raise SetupError(f"--output {cfg.output} is not writable")
         else:
             bucket = store.root.split("/", 1)[0]
@@ -122,8 +123,12 @@ def _open_output(cfg: JobConfig) -> OutputStore:
     return store
 
 
-def preflight(cfg: JobConfig) -> Preflight:
-    """All checks and planning that need no Ray; raises :class:`SetupError` on bad setup."""
+def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
+    """All checks and planning that need no Ray; raises :class:`SetupError` on bad setup.
+
+    ``dry_run`` makes the same checks and plan but writes nothing under ``--output``
+    (no folder, no ``_run.json``).
+    """
     cfg.validate()
     inputs = resolve_input(cfg.input, cfg.storage_options)
     kinds = check_columns(inputs, cfg.columns)
@@ -138,10 +143,10 @@ def preflight(cfg: JobConfig) -> Preflight:
     except WorkerSetupError as exc:
         raise SetupError(str(exc)) from exc
     _check_method_settings(cfg, rec_cls)
-    store = _open_output(cfg)
+    store = _open_output(cfg, create=not dry_run)
     version = _recon_version()
     fp = compute_fingerprint(cfg, bundle_bytes=bundle, recon_version=version)
-    earlier = claim_output(store, fp, allow_change=cfg.allow_fingerprint_change)
+    earlier = claim_output(store, fp, allow_change=cfg.allow_fingerprint_change, write=not dry_run)
     if earlier:
         log.warning("%s also holds rows from earlier fingerprints %s; new rows use %s",
                     cfg.output, ", ".join(earlier), fp.digest)
@@ -151,12 +156,37 @@ def preflight(cfg: JobConfig) -> Preflight:
     return Preflight(inputs, kinds, store, plan, index, fp.digest, version)
 
 
-def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
-    """With the real method: --preset, --set and the bundle manifest as the actors will read them.
+def dry_run(cfg: JobConfig) -> str:
+    """``--dry-run``: run the checks and the plan, start no Ray, write nothing; return what would run."""
+    pre = preflight(cfg, dry_run=True)
+    plan = pre.plan
+    overrides = ", ".join(f"{k}={v}" for k, v in sorted(cfg.overrides.items())) or "none"
+    lines = [
+        f"input:        {cfg.input} ({len(pre.inputs.paths)} files)",
+        f"rows:         {plan.total} in scope{f' (--limit {cfg.limit})' if cfg.limit is not None else ''}, "
+        f"{plan.already_done} already done, {plan.todo} to do",
+        f"output:       {pre.store.url}",
+        f"fingerprint:  {pre.fingerprint}",
+        f"preset:       {cfg.preset}; overrides: {overrides}; seed {cfg.seed}; invert {cfg.invert}",
+        f"bundle:       {cfg.bundle}",
+        f"latents:      {'from the input' if pre.kinds.has_latent else 'none in the input: every row is inverted'}",
+        f"execution:    device {cfg.device}, actors {cfg.num_actors or 'auto'}, "
+        f"{cfg.instances_per_actor} row(s) per call, {cfg.rows_per_shard} rows per shard",
+        f"code version: {pre.recon_version}",
+    ]
+    return "\n".join(lines)
 
-    A typo in a --set key, a bad value or a broken manifest then fails here,
-    before ``_run.json`` is written, not in N actors after it. Reads no weights.
-    Other reconstructors (test doubles) check their own settings in the actors.
+
+def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
+    """With the real method: everything an actor checks when it starts, before Ray starts.
+
+    --preset and --set, a mask source when the preset needs masks, the bundle
+    manifest, and the weight files it names (the GAN checkpoint's entries,
+    LPIPS weights when ``lam_perc > 0``, the pretrained checkpoint), read as
+    the actors will read them but memory-mapped (recon.preflight). A typo or a
+    missing file then fails here, in seconds and before ``_run.json`` is
+    written, not in N actors after the cluster started. Other reconstructors
+    (test doubles) check their own settings in the actors.
     """
     import recon
 
@@ -165,14 +195,21 @@ def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
         return
     from recon.bundle import BundleError, load_bundle
     from recon.config import ConfigError, load_config
+    from recon.preflight import check_bundle_files
 
     try:
-        load_config(cfg.preset, dict(cfg.overrides) or None)
+        method = load_config(cfg.preset, dict(cfg.overrides) or None)
     except ConfigError as exc:
         raise SetupError(f"method settings (--preset {cfg.preset}, --set): {exc}") from exc
+    if method.use_mask and not cfg.columns.mask:
+        raise SetupError(f"preset {cfg.preset!r} needs an object mask per image (use_mask); pass --mask-column")
     try:
-        load_bundle(cfg.bundle, dict(cfg.storage_options) or None)
+        bundle = load_bundle(cfg.bundle, dict(cfg.storage_options) or None)
     except (BundleError, OSError) as exc:  # OSError: recon.storage.StorageError fetching a prior file
+        raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
+    try:
+        check_bundle_files(bundle, method, dict(cfg.storage_options) or None)
+    except (ValueError, OSError) as exc:  # Checkpoint/Bundle/LPIPS errors are ValueErrors; StorageError an OSError
         raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
 
 
