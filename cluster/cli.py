@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {code_version()}")
     p.add_argument("--list-presets", action=_ListPresets, help="print the built-in presets and exit")
     io = p.add_argument_group("data")
-    io.add_argument("--input", required=True, help="Parquet file, folder or glob (local, s3://, gs://, ...)")
+    io.add_argument("--input", required=True,
+                    help="Parquet file, folder or glob, or a folder/glob of image files (png, jpg, webp; ids are "
+                         "their paths below the folder), local, s3://, gs://, ...")
     io.add_argument("--output", required=True, help="output folder (local, s3://, gs://, ...)")
     io.add_argument("--bundle", required=True, help="model bundle manifest URL (GAN, nets, priors)")
     io.add_argument("--preset", required=True,
@@ -72,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--latent-column", default="latent", help="W latent: list of floats")
     io.add_argument("--mask-column", default=None,
                     help="optional encoded grayscale mask (255 = object); rows with a null mask become errors")
+    io.add_argument("--id-from", default=None, metavar="COLUMN",
+                    help="Parquet without an id column: each row's id is this column's value as text (an image "
+                         "struct gives its path, e.g. --id-from image for a Hugging Face imagefolder export)")
+    io.add_argument("--latents", default=None, metavar="FILE",
+                    help="image folder: W latents keyed by id (.npz, .pt dict, or Parquet with the id and latent "
+                         "columns); images without one are inverted first")
+    io.add_argument("--masks", default=None, metavar="DIR",
+                    help="image folder: masks matched by relative path (any image extension); an image without "
+                         "one becomes an error row")
+    io.add_argument("--crop", choices=("none", "center"), default="none",
+                    help="center: crop non-square images (and masks) to a centred square before the preset's "
+                         "crop and resize; none: a non-square image is an error row")
     io.add_argument("--limit", type=int, default=None, help="only the first N input rows")
     io.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                     help="fsspec option for remote URLs (repeatable), e.g. endpoint_url=http://minio:9000")
@@ -142,6 +156,10 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         progress_interval_s=args.progress_interval,
         no_progress_timeout_s=args.no_progress_timeout,
         invert=args.invert,
+        latents=args.latents,
+        masks=args.masks,
+        crop=args.crop,
+        id_from=args.id_from,
     )
 
 

@@ -12,6 +12,9 @@ from .fsutil import location
 
 __all__ = ["Columns", "JobConfig", "SetupError", "parse_key_values", "DEFAULT_RECONSTRUCTOR"]
 
+#: --crop values: "none" keeps the reference's refusal of non-square images.
+CROP_MODES = ("none", "center")
+
 #: Import path of the method class; tests point it at a test double.
 DEFAULT_RECONSTRUCTOR = "recon:Reconstructor"
 
@@ -69,6 +72,19 @@ class JobConfig:
     no_progress_timeout_s: float = -1
     #: "auto": invert rows without a latent, then reconstruct; "only": write latents, no reconstruction.
     invert: str = "auto"
+    #: Image-folder inputs: a file of W latents keyed by id, and a folder of masks matched by relative path.
+    latents: str | None = None
+    masks: str | None = None
+    #: "center": crop non-square images (and their masks) to a centred square before the method sees them;
+    #: "none" (the reference): a non-square image is an error row.
+    crop: str = "none"
+    #: Parquet without an id column: derive each row's id from this column (an image struct gives its path).
+    id_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.masks and not self.columns.mask:
+            # the rows built from a masks folder carry the mask in this column
+            self.columns = Columns(self.columns.id, self.columns.image, self.columns.latent, "mask")
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -82,6 +98,8 @@ class JobConfig:
             raise SetupError("--cpus-per-actor must be positive")
         if self.limit is not None and self.limit < 0:
             raise SetupError("--limit must be >= 0")
+        if self.crop not in CROP_MODES:
+            raise SetupError(f"--crop must be one of {', '.join(CROP_MODES)}, not {self.crop!r}")
         if not (0 <= self.metrics_port < 65536):
             raise SetupError("--metrics-port must be in 0..65535 (0 turns the endpoint off)")
         self._check_output_outside_input()

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RowInputError", "decode_image", "decode_mask", "decode_latent", "resolve_relative"]
+__all__ = ["RowInputError", "crop_to_square", "decode_image", "decode_mask", "decode_latent", "resolve_relative"]
 
 
 class RowInputError(ValueError):
@@ -141,6 +141,17 @@ def decode_mask(value: Any, *, image_shape: tuple[int, int], base_file_url: str 
             f"mask is {arr.shape[1]}x{arr.shape[0]} but the image is {image_shape[1]}x{image_shape[0]}"
         )
     return arr
+
+
+def crop_to_square(arr: np.ndarray) -> np.ndarray:
+    """``--crop center``: the centred square of side min(H, W) (the preset's own crop and resize follow).
+
+    An odd difference leaves the extra row/column at the bottom/right, as integer centring does.
+    """
+    h, w = arr.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return arr[top:top + side, left:left + side]
 
 
 def _has_none(value: Any) -> bool:

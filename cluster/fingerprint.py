@@ -68,6 +68,10 @@ def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: s
         "reconstructor": cfg.reconstructor,
         "invert": cfg.invert,
     }
+    # Options whose default is the earlier behaviour enter only when set, so existing folders keep their fingerprint.
+    for name, default in (("crop", "none"), ("id_from", None), ("latents", None), ("masks", None)):
+        if getattr(cfg, name) != default:
+            fields[name] = getattr(cfg, name)
     preset_file = _preset_file_sha256(cfg.preset)
     if preset_file is not None:  # absent for named presets: their fingerprints stay as they were
         fields["preset_sha256"] = preset_file

@@ -19,8 +19,10 @@ import pyarrow.parquet as pq
 from .config import Columns, SetupError
 from .fsutil import filesystem_for, is_local_fs, to_url
 from .identity import id_to_str
+from .image_folder import IMAGE_EXTENSIONS, ImageFolder, glob_root, index_masks, is_image_file, list_images, \
+    read_latents
 
-__all__ = ["InputError", "InputSet", "ColumnKinds", "resolve_input", "check_columns", "scan_ids"]
+__all__ = ["InputError", "InputSet", "ColumnKinds", "resolve_input", "check_columns", "scan_ids", "derive_ids"]
 
 
 class InputError(SetupError):
@@ -37,12 +39,18 @@ def _hidden(path: str, base: str) -> bool:
 
 @dataclass
 class InputSet:
-    """The resolved input: a filesystem and the sorted list of Parquet files on it."""
+    """The resolved input: a filesystem and the sorted list of Parquet (or image) files on it."""
 
     url: str
     fs: Any  # fsspec filesystem
     paths: list[str]
     storage_options: dict = field(default_factory=dict)
+    #: Set when the input is a folder or glob of image files instead of Parquet (cluster.image_folder).
+    images: ImageFolder | None = None
+    #: --latents of an image folder: {id: latent}; None without the flag.
+    latents: dict | None = None
+    #: --masks of an image folder: {relative path without extension: mask URL}; None without the flag.
+    masks: dict | None = None
 
     @property
     def protocol(self) -> str:
@@ -58,22 +66,37 @@ class InputSet:
 
 
 def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) -> InputSet:
-    """Expand ``--input`` into a sorted list of Parquet files, or fail clearly."""
+    """Expand ``--input`` into a sorted list of Parquet files, or of image files, or fail clearly.
+
+    Parquet files win: a folder or glob is taken as images only when it holds no Parquet file.
+    """
     try:
         fs, path = filesystem_for(url, storage_options)
     except ImportError as exc:
         raise InputError(f"cannot open {url}: the filesystem for this URL scheme is not installed ({exc})") from exc
+    images: ImageFolder | None = None
     try:
         if any(ch in path for ch in "*?["):
             # detail=True: file types come with the listing (no HEAD per match on S3)
             found = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
-            paths = [p for p in found if p.endswith(".parquet")] or found
+            paths = [p for p in found if p.endswith(".parquet")]
+            if not paths and any(is_image_file(p) for p in found):
+                images = list_images(fs, glob_root(path), found)
+                paths = images.paths
+            paths = paths or found
         elif fs.isdir(path):
-            paths = [p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p, path)]
+            visible = [p for p in fs.find(path) if not _hidden(p, path)]
+            paths = [p for p in visible if p.endswith(".parquet")]
             if not paths:
-                raise InputError(f"no .parquet files under {url}")
+                images = list_images(fs, path, visible)
+                paths = images.paths
+            if not paths:
+                raise InputError(f"no .parquet files under {url}, and no image files "
+                                 f"({', '.join(IMAGE_EXTENSIONS)}) either")
         elif fs.isfile(path):
             paths = [path]
+            if is_image_file(path):
+                images = list_images(fs, path.rsplit("/", 1)[0] if "/" in path else "", paths)
         else:
             raise InputError(f"{url} does not exist (or is not readable with the given storage options)")
     except InputError:
@@ -84,7 +107,26 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
         raise InputError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
     if not paths:
         raise InputError(f"no Parquet files match {url}")
-    return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}))
+    return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}),
+                    images=images)
+
+
+def attach_companions(inputs: InputSet, columns: Columns, latents: str | None, masks: str | None) -> None:
+    """Read ``--latents`` and index ``--masks`` for an image-folder input (both are refused for Parquet)."""
+    if inputs.images is None:
+        if latents or masks:
+            raise InputError("--latents and --masks go with a folder of image files; a Parquet input carries "
+                             "its latents and masks as columns (--latent-column, --mask-column)")
+        return
+    try:
+        if latents:
+            inputs.latents = read_latents(latents, columns, inputs.storage_options)
+        if masks:
+            inputs.masks = index_masks(masks, inputs.storage_options)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -120,8 +162,14 @@ def _is_latent_type(t: pa.DataType) -> bool:
     return False
 
 
-def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
-    """Check every input file has the configured columns with usable types."""
+def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None) -> ColumnKinds:
+    """Check every input file has the configured columns with usable types.
+
+    With ``id_from`` the files need that column instead of the id column (``--id-from``).
+    """
+    if inputs.images is not None:  # rows are made by cluster.image_folder: image structs with file paths
+        return ColumnKinds(image_is_struct=True, mask_is_struct=inputs.masks is not None,
+                           has_latent=inputs.latents is not None)
     kinds: ColumnKinds | None = None
     first_id: tuple[str, str, pa.DataType] | None = None  # (family, file, type) of the first id column
     for path in inputs.paths:
@@ -136,13 +184,18 @@ def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
         if kinds is not None and has_latent != kinds.has_latent:
             raise InputError(f"{url} {'has' if has_latent else 'lacks'} the latent column {columns.latent!r} but "
                              "other input files do not; give every file the column (nulls are inverted) or none")
-        wanted = [("id", columns.id), ("image", columns.image)]
+        if id_from is not None and columns.id in names:
+            raise InputError(f"{url} has an id column {columns.id!r}; --id-from is for inputs without one")
+        wanted = [("id-from" if id_from else "id", id_from or columns.id), ("image", columns.image)]
         if columns.mask:
             wanted.append(("mask", columns.mask))
-        missing = [f"--{role}-column {name!r}" for role, name in wanted if name not in names]
+        missing = [f"--{role}{'' if role == 'id-from' else '-column'} {name!r}" for role, name in wanted
+                   if name not in names]
         if missing:
+            hint = (" (without an id column, pass --id-from COLUMN to derive ids from a column, e.g. "
+                    "--id-from image for image paths)" if not id_from and columns.id not in names else "")
             raise InputError(
-                f"{url} lacks {', '.join(missing)}; its columns are: {', '.join(names)}"
+                f"{url} lacks {', '.join(missing)}; its columns are: {', '.join(names)}{hint}"
             )
         ok, image_struct = _is_image_type(schema.field(columns.image).type)
         if not ok:
@@ -164,7 +217,13 @@ def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
                 f"latent column {columns.latent!r} in {url} has type {latent_type}; "
                 "expected a list (or fixed-size list) of floats"
             )
-        id_type = schema.field(columns.id).type
+        if id_from:
+            source = schema.field(id_from).type
+            if pa.types.is_struct(source) and "path" not in {source.field(i).name for i in range(source.num_fields)}:
+                raise InputError(f"--id-from {id_from!r} in {url} is a struct without a 'path' field ({source})")
+            id_type = pa.string()  # derived ids are text
+        else:
+            id_type = schema.field(columns.id).type
         if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
                 or pa.types.is_integer(id_type) or pa.types.is_binary(id_type)):
             raise InputError(f"id column {columns.id!r} in {url} has type {id_type}; expected strings or integers")
@@ -187,18 +246,40 @@ def check_columns(inputs: InputSet, columns: Columns) -> ColumnKinds:
     return kinds
 
 
+def derive_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``--id-from``: ids as text from a column's values; an image struct gives its ``path``.
+
+    Used on the driver (planning) and in the read tasks (the rows' id column), so both agree.
+    Only the row's own content counts, never its position, so the ids survive re-sharding.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_struct(values.type):
+        values = pc.struct_field(values, "path")
+    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+        return pa.array([id_to_str(v) if v is not None else None for v in values.to_pylist()], pa.string())
+    return pc.cast(values, pa.string())
+
+
+def add_derived_ids(batch: pa.Table, id_from: str, id_column: str) -> pa.Table:
+    """Ray Data ``map_batches`` step: append the derived id column to a read batch."""
+    return batch.append_column(id_column, derive_ids(batch.column(id_from)))
+
+
 @dataclass
 class ScannedFile:
     path: str
     ids: list  # native values, in file order
 
 
-def scan_ids(inputs: InputSet, id_column: str) -> list[ScannedFile]:
-    """Read only the id column of every file; fail on null or duplicate ids.
+def scan_ids(inputs: InputSet, id_column: str, id_from: str | None = None) -> list[ScannedFile]:
+    """Read only the id column (or the ``--id-from`` column) of every file; fail on null or duplicate ids.
 
     A duplicate id would make "one output row per input row" impossible, since
     results are keyed by id; it is reported with examples rather than guessed at.
     """
+    if inputs.images is not None:  # ids are relative paths: unique by construction
+        return [ScannedFile(path=inputs.images.root, ids=inputs.images.ids())]
     scanned: list[ScannedFile] = []
     seen: dict[str, str] = {}
     duplicates: list[str] = []
@@ -206,9 +287,12 @@ def scan_ids(inputs: InputSet, id_column: str) -> list[ScannedFile]:
     for path in inputs.paths:
         url = to_url(inputs.fs, path)
         with inputs.fs.open(path, "rb") as fh:
-            column = pq.read_table(fh, columns=[id_column]).column(id_column)
+            column = pq.read_table(fh, columns=[id_from or id_column]).column(id_from or id_column)
+        if id_from:
+            column = derive_ids(column)
         if column.null_count:
-            raise InputError(f"{url}: {column.null_count} rows have a null {id_column!r}; every row needs an id")
+            what = f"--id-from {id_from!r} value (an image struct without a path?)" if id_from else repr(id_column)
+            raise InputError(f"{url}: {column.null_count} rows have a null {what}; every row needs an id")
         if pa.types.is_signed_integer(column.type):
             signed = signed or (url, column.type)
         elif pa.types.is_unsigned_integer(column.type) and len(column):

@@ -29,7 +29,7 @@ from .compaction import OutputIndex, compact, write_manifest
 from .config import JobConfig, SetupError
 from .fingerprint import claim_output, compute_fingerprint
 from .fsutil import is_local_fs
-from .inputs import ColumnKinds, InputSet, check_columns, resolve_input, scan_ids
+from .inputs import ColumnKinds, InputSet, attach_companions, check_columns, resolve_input, scan_ids
 from .metrics import JobMetrics, ProgressReporter, format_duration
 from .planner import Plan, make_plan
 from .store import OutputStore
@@ -131,12 +131,13 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
     """
     cfg.validate()
     inputs = resolve_input(cfg.input, cfg.storage_options)
-    kinds = check_columns(inputs, cfg.columns)
+    attach_companions(inputs, cfg.columns, cfg.latents, cfg.masks)
+    kinds = check_columns(inputs, cfg.columns, cfg.id_from)
     if not kinds.has_latent:
         # a warning, not info: a misspelt --latent-column lands here too, and inverting a whole dataset costs hours
         log.warning("no latent column %r in the input: every row is inverted into W first "
                     "(if the column has another name, stop and pass --latent-column)", cfg.columns.latent)
-    scanned = scan_ids(inputs, cfg.columns.id)
+    scanned = scan_ids(inputs, cfg.columns.id, cfg.id_from)
     bundle = _read_bundle(cfg)
     try:
         rec_cls = load_reconstructor_class(cfg.reconstructor)  # a typo fails here, not in N actors
@@ -162,7 +163,8 @@ def dry_run(cfg: JobConfig) -> str:
     plan = pre.plan
     overrides = ", ".join(f"{k}={v}" for k, v in sorted(cfg.overrides.items())) or "none"
     lines = [
-        f"input:        {cfg.input} ({len(pre.inputs.paths)} files)",
+        f"input:        {cfg.input} ({len(pre.inputs.paths)} "
+        f"{'image' if pre.inputs.images is not None else 'Parquet'} files)",
         f"rows:         {plan.total} in scope{f' (--limit {cfg.limit})' if cfg.limit is not None else ''}, "
         f"{plan.already_done} already done, {plan.todo} to do",
         f"output:       {pre.store.url}",
@@ -202,7 +204,8 @@ def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
     except ConfigError as exc:
         raise SetupError(f"method settings (--preset {cfg.preset}, --set): {exc}") from exc
     if method.use_mask and not cfg.columns.mask:
-        raise SetupError(f"preset {cfg.preset!r} needs an object mask per image (use_mask); pass --mask-column")
+        raise SetupError(f"preset {cfg.preset!r} needs an object mask per image (use_mask); pass --mask-column "
+                         "(Parquet input) or --masks (image folder)")
     try:
         bundle = load_bundle(cfg.bundle, dict(cfg.storage_options) or None)
     except (BundleError, OSError) as exc:  # OSError: recon.storage.StorageError fetching a prior file
@@ -290,16 +293,32 @@ def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num
     from .worker import ReconstructionWorker
 
     plan = pre.plan
-    ds = ray.data.read_parquet(
-        plan.files_to_read,
-        filesystem=pre.inputs.arrow_filesystem(),
-        include_paths=pre.kinds.needs_file_paths,
-    )
-    # Projection is pushed into the reader: other columns are never read.
-    read = [c for c in cfg.columns.read_list() if pre.kinds.has_latent or c != cfg.columns.latent]
-    ds = ds.select_columns(read + (["path"] if pre.kinds.needs_file_paths else []))
-    if plan.needs_filter:
-        ds = ds.filter(expr=col(cfg.columns.id).is_in(plan.todo_ids()))
+    if pre.inputs.images is not None:
+        # An image folder: the rows still to do, built on the driver from the listing (ids, file
+        # names and paths only; the actors read the images), so no filter is needed.
+        from .image_folder import image_rows
+
+        rows = image_rows(pre.inputs.images, plan.todo_ids(), cfg.columns, latents=pre.inputs.latents,
+                          masks=pre.inputs.masks)
+        ds = ray.data.from_arrow(rows)
+    else:
+        ds = ray.data.read_parquet(
+            plan.files_to_read,
+            filesystem=pre.inputs.arrow_filesystem(),
+            include_paths=pre.kinds.needs_file_paths,
+        )
+        # Projection is pushed into the reader: other columns are never read.
+        read = [c for c in cfg.columns.read_list() if pre.kinds.has_latent or c != cfg.columns.latent]
+        if cfg.id_from:  # the id is derived from another column, in the read tasks
+            read = [c for c in read if c != cfg.columns.id] + ([cfg.id_from] if cfg.id_from not in read else [])
+        ds = ds.select_columns(read + (["path"] if pre.kinds.needs_file_paths else []))
+        if cfg.id_from:
+            from .inputs import add_derived_ids
+
+            ds = ds.map_batches(add_derived_ids, batch_format="pyarrow", batch_size=None,
+                                fn_kwargs={"id_from": cfg.id_from, "id_column": cfg.columns.id})
+        if plan.needs_filter:
+            ds = ds.filter(expr=col(cfg.columns.id).is_in(plan.todo_ids()))
     # Small files arrive as one block; one block per K rows spreads them (pitfall 2).
     ds = ds.repartition(target_num_rows_per_block=cfg.instances_per_actor)
     return ds.map_batches(
@@ -467,7 +486,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             output_url=pre.store.url, columns=cfg.columns, input_protocol=pre.inputs.protocol,
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
-            invert=cfg.invert,
+            invert=cfg.invert, crop=cfg.crop,
         )
         log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",
                  pre.plan.todo, num_actors, device, cpus_per_actor, cfg.instances_per_actor)

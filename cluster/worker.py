@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import Columns
-from .decode import RowInputError, decode_image, decode_latent, decode_mask
+from .decode import RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
 from .schema import ResultError, RowContext, error_table, latent_table, result_table, table_to_parquet_bytes
@@ -111,6 +111,7 @@ class WorkerSettings:
     threads: int = 1
     tracker: Any = None  # ProgressTracker handle, or None
     invert: str = "auto"  # "auto" | "only" (issue 8)
+    crop: str = "none"  # "none" | "center" (cluster.decode.crop_to_square)
 
 
 def _latent_missing(value: Any) -> bool:
@@ -240,6 +241,9 @@ class ReconstructionWorker:
         if cols.mask:
             mask = decode_mask(row.get(cols.mask), image_shape=image.shape[:2], base_file_url=base,
                                storage_options=self.s.storage_options)
+        if self.s.crop == "center":  # after the mask's size check: image and mask are cropped alike
+            image = crop_to_square(image)
+            mask = None if mask is None else crop_to_square(mask)
         return {"image": image, "latent": latent, "mask": mask, "seed": row_seed(self.s.run_seed, image_id)}
 
     def _status(self, image_id: str, status: str, error: str | None, seconds: float, attempts: int,
