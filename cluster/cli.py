@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optional encoded grayscale mask (255 = object); rows with a null mask become errors")
     io.add_argument("--id-from", default=None, metavar="COLUMN",
                     help="Parquet without an id column: each row's id is this column's value as text (an image "
-                         "struct gives its path, e.g. --id-from image for a Hugging Face imagefolder export)")
+                         "struct gives its path, e.g. --id-from image for a Hugging Face imagefolder export); "
+                         "row-index: <file>:<row> ids")
     io.add_argument("--latents", default=None, metavar="FILE",
                     help="image folder: W latents keyed by id (.npz, .pt dict, or Parquet with the id and latent "
                          "columns); images without one are inverted first")

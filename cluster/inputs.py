@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from .config import Columns, SetupError
 from .fsutil import filesystem_for, is_local_fs, to_url
 from .identity import id_to_str
+from .row_index import ROW_INDEX, row_index_ids
 from .image_folder import IMAGE_EXTENSIONS, ImageFolder, glob_root, index_masks, is_image_file, list_images, \
     read_latents
 
@@ -45,6 +46,9 @@ class InputSet:
     fs: Any  # fsspec filesystem
     paths: list[str]
     storage_options: dict = field(default_factory=dict)
+    #: The folder ids are relative to (image files, --id-from row-index): the folder, a glob's fixed part,
+    #: or a single file's folder.
+    root: str = ""
     #: Set when the input is a folder or glob of image files instead of Parquet (cluster.image_folder).
     images: ImageFolder | None = None
     #: --latents of an image folder: {id: latent}; None without the flag.
@@ -75,8 +79,10 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
     except ImportError as exc:
         raise InputError(f"cannot open {url}: the filesystem for this URL scheme is not installed ({exc})") from exc
     images: ImageFolder | None = None
+    root = path.rsplit("/", 1)[0] if "/" in path else ""
     try:
         if any(ch in path for ch in "*?["):
+            root = glob_root(path)
             # detail=True: file types come with the listing (no HEAD per match on S3)
             found = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
             paths = [p for p in found if p.endswith(".parquet")]
@@ -85,6 +91,7 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
                 paths = images.paths
             paths = paths or found
         elif fs.isdir(path):
+            root = path.rstrip("/")
             visible = [p for p in fs.find(path) if not _hidden(p, path)]
             paths = [p for p in visible if p.endswith(".parquet")]
             if not paths:
@@ -108,7 +115,7 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
     if not paths:
         raise InputError(f"no Parquet files match {url}")
     return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}),
-                    images=images)
+                    root=root, images=images)
 
 
 def attach_companions(inputs: InputSet, columns: Columns, latents: str | None, masks: str | None) -> None:
@@ -186,7 +193,8 @@ def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None
                              "other input files do not; give every file the column (nulls are inverted) or none")
         if id_from is not None and columns.id in names:
             raise InputError(f"{url} has an id column {columns.id!r}; --id-from is for inputs without one")
-        wanted = [("id-from" if id_from else "id", id_from or columns.id), ("image", columns.image)]
+        wanted = [("id-from" if id_from else "id", id_from or columns.id)] if id_from != ROW_INDEX else []
+        wanted.append(("image", columns.image))
         if columns.mask:
             wanted.append(("mask", columns.mask))
         missing = [f"--{role}{'' if role == 'id-from' else '-column'} {name!r}" for role, name in wanted
@@ -217,7 +225,9 @@ def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None
                 f"latent column {columns.latent!r} in {url} has type {latent_type}; "
                 "expected a list (or fixed-size list) of floats"
             )
-        if id_from:
+        if id_from == ROW_INDEX:
+            id_type = pa.string()
+        elif id_from:
             source = schema.field(id_from).type
             if pa.types.is_struct(source) and "path" not in {source.field(i).name for i in range(source.num_fields)}:
                 raise InputError(f"--id-from {id_from!r} in {url} is a struct without a 'path' field ({source})")
@@ -286,6 +296,11 @@ def scan_ids(inputs: InputSet, id_column: str, id_from: str | None = None) -> li
     signed = huge = None  # (file, type) with a signed integer id type; a file with an id >= 2**63
     for path in inputs.paths:
         url = to_url(inputs.fs, path)
+        if id_from == ROW_INDEX:  # footer only: unique by construction
+            with inputs.fs.open(path, "rb") as fh:
+                num_rows = pq.ParquetFile(fh).metadata.num_rows
+            scanned.append(ScannedFile(path=path, ids=row_index_ids(path, inputs.root, num_rows)))
+            continue
         with inputs.fs.open(path, "rb") as fh:
             column = pq.read_table(fh, columns=[id_from or id_column]).column(id_from or id_column)
         if id_from:

@@ -32,6 +32,7 @@ from .fsutil import is_local_fs
 from .inputs import ColumnKinds, InputSet, attach_companions, check_columns, resolve_input, scan_ids
 from .metrics import JobMetrics, ProgressReporter, format_duration
 from .planner import Plan, make_plan
+from .row_index import ROW_INDEX
 from .store import OutputStore
 from .worker import WorkerSettings, WorkerSetupError, load_reconstructor_class
 
@@ -301,6 +302,8 @@ def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num
         rows = image_rows(pre.inputs.images, plan.todo_ids(), cfg.columns, latents=pre.inputs.latents,
                           masks=pre.inputs.masks)
         ds = ray.data.from_arrow(rows)
+    elif cfg.id_from == ROW_INDEX:
+        ds = _read_with_row_index_ids(cfg, pre)
     else:
         ds = ray.data.read_parquet(
             plan.files_to_read,
@@ -332,6 +335,22 @@ def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num
         compute=ray.data.ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=1),
         udf_modifying_row_count=False,
     )
+
+
+def _read_with_row_index_ids(cfg: JobConfig, pre: Preflight):
+    """``--id-from row-index``: one read task per row group, which knows its rows' positions."""
+    import ray.data
+
+    from .row_index import read_row_groups, row_group_tasks
+
+    plan = pre.plan
+    columns = [c for c in cfg.columns.read_list() if c != cfg.columns.id
+               and (pre.kinds.has_latent or c != cfg.columns.latent)]
+    tasks = row_group_tasks(pre.inputs.fs, plan.files_to_read, plan.todo_by_file)
+    return ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        read_row_groups, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"fs": pre.inputs.fs, "root": pre.inputs.root, "columns": columns, "id_column": cfg.columns.id,
+                   "todo": set(plan.todo_ids()), "with_paths": pre.kinds.needs_file_paths})
 
 
 class _LivePoller:

@@ -133,3 +133,24 @@ def test_crop_to_square_keeps_the_centre():
     arr = np.arange(5 * 8).reshape(5, 8)
     np.testing.assert_array_equal(crop_to_square(arr), arr[:, 1:6])
     assert crop_to_square(arr.T).shape == (5, 5)
+
+
+def test_parquet_without_ids_gets_file_and_row_index_ids_that_resume(tmp_path):
+    """--id-from row-index: `<file below the input>:<row>`, read per row group (positions known)."""
+    from cluster_helpers import good_rows
+
+    rows = [{k: v for k, v in r.items() if k != "image_id"} for r in good_rows(5)]
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:3]), tmp_path / "in" / "sub" / "a.parquet", row_group_size=2)
+    pq.write_table(pa.Table.from_pylist(rows[3:]), tmp_path / "in" / "b.parquet")
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    out = str(tmp_path / "out")
+    first = run_job(job_config(str(tmp_path / "in"), out, bundle, id_from="row-index", num_actors=1, limit=3))
+    assert first.planned == 3
+    rest = run_job(job_config(str(tmp_path / "in"), out, bundle, id_from="row-index", num_actors=1))
+    assert rest.complete and (rest.already_done, rest.ok) == (3, 2)
+    got = by_id(read_output(out))
+    assert sorted(got) == ["b.parquet:0", "b.parquet:1", "sub/a.parquet:0", "sub/a.parquet:1", "sub/a.parquet:2"]
+    assert all(r["status"] == "ok" for r in got.values())
+    # each id names its own row: the double's light comes from the image, so rows differ as their images do
+    assert len({tuple(r["light"][:2]) for r in got.values()}) == 5
