@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--latent-column", default="latent", help="W latent: list of floats")
     io.add_argument("--mask-column", default=None,
                     help="optional encoded grayscale mask (255 = object); rows with a null mask become errors")
+    io.add_argument("--allow-external-image-paths", action="store_true",
+                    help="let paths in image structs point outside the input's root (other schemes, '..', "
+                         "absolute paths); by default such rows become error rows")
     io.add_argument("--limit", type=int, default=None, help="only the first N input rows")
     io.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                     help="fsspec option for remote URLs (repeatable), e.g. endpoint_url=http://minio:9000")
@@ -107,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         progress_interval_s=args.progress_interval,
         no_progress_timeout_s=args.no_progress_timeout,
         invert=args.invert,
+        allow_external_image_paths=args.allow_external_image_paths,
     )
 
 

@@ -70,6 +70,8 @@ class JobConfig:
     no_progress_timeout_s: float = -1
     #: "auto": invert rows without a latent, then reconstruct; "only": write latents, no reconstruction.
     invert: str = "auto"
+    #: Paths inside image structs may point outside the input's root (another scheme, ``..``, elsewhere).
+    allow_external_image_paths: bool = False
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):

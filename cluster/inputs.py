@@ -43,11 +43,16 @@ class InputSet:
     fs: Any  # fsspec filesystem
     paths: list[str]
     storage_options: dict = field(default_factory=dict)
+    #: The folder the input names (a glob's fixed prefix, a file's folder): image paths stay under it.
+    root: str = ""
 
     @property
     def protocol(self) -> str:
         return "file" if is_local_fs(self.fs) else (
             self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
+
+    def root_url(self) -> str:
+        return to_url(self.fs, self.root)
 
     def urls(self) -> list[str]:
         return [to_url(self.fs, p) for p in self.paths]
@@ -68,12 +73,15 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
             # detail=True: file types come with the listing (no HEAD per match on S3)
             found = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
             paths = [p for p in found if p.endswith(".parquet")] or found
+            root = "/".join(path.split("/")[:next(i for i, part in enumerate(path.split("/"))
+                                                   if any(ch in part for ch in "*?["))])
         elif fs.isdir(path):
+            root = path
             paths = [p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p, path)]
             if not paths:
                 raise InputError(f"no .parquet files under {url}")
         elif fs.isfile(path):
-            paths = [path]
+            paths, root = [path], path.rsplit("/", 1)[0]
         else:
             raise InputError(f"{url} does not exist (or is not readable with the given storage options)")
     except InputError:
@@ -84,7 +92,8 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
         raise InputError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
     if not paths:
         raise InputError(f"no Parquet files match {url}")
-    return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}))
+    return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}),
+                    root=root or "/")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from .compaction import OutputIndex, compact, write_manifest
 from .config import JobConfig, SetupError
+from .decode import PathPolicy
 from .fingerprint import claim_output, compute_fingerprint
 from .fsutil import is_local_fs
 from .inputs import ColumnKinds, InputSet, check_columns, resolve_input, scan_ids
@@ -431,6 +432,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
             invert=cfg.invert,
+            paths=PathPolicy(root=pre.inputs.root_url(), allow_external=cfg.allow_external_image_paths),
         )
         log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",
                  pre.plan.todo, num_actors, device, cpus_per_actor, cfg.instances_per_actor)

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import Columns
-from .decode import RowInputError, decode_image, decode_latent, decode_mask
+from .decode import PathPolicy, RowInputError, decode_image, decode_latent, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
 from .schema import ResultError, RowContext, error_table, latent_table, result_table, table_to_parquet_bytes
@@ -111,6 +111,7 @@ class WorkerSettings:
     threads: int = 1
     tracker: Any = None  # ProgressTracker handle, or None
     invert: str = "auto"  # "auto" | "only" (issue 8)
+    paths: PathPolicy = field(default_factory=PathPolicy)  # where image-struct paths may point (issue 21)
 
 
 def _latent_missing(value: Any) -> bool:
@@ -233,13 +234,14 @@ class ReconstructionWorker:
         """Decode one row into the keyword arguments of ``reconstruct``."""
         cols = self.s.columns
         base = self._base_url(row)
-        image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options)
+        image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options,
+                             paths=self.s.paths)
         raw = row.get(cols.latent)
         latent = None if _latent_missing(raw) else decode_latent(raw, self.latent_dim)
         mask = None
         if cols.mask:
             mask = decode_mask(row.get(cols.mask), image_shape=image.shape[:2], base_file_url=base,
-                               storage_options=self.s.storage_options)
+                               storage_options=self.s.storage_options, paths=self.s.paths)
         return {"image": image, "latent": latent, "mask": mask, "seed": row_seed(self.s.run_seed, image_id)}
 
     def _status(self, image_id: str, status: str, error: str | None, seconds: float, attempts: int,

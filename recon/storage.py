@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,7 +40,10 @@ def is_local(uri: str) -> bool:
 
 
 def join_uri(base: str, relative: str) -> str:
-    """Resolve ``relative`` against the folder holding ``base`` (a URL or a path).
+    """Resolve ``relative`` against the folder holding ``base`` (a URL or a path), normalised.
+
+    The one URL joiner of the project: bundle manifests and image paths inside input rows both
+    resolve through it.
 
     Absolute paths and URLs with a scheme are returned unchanged, so a bundle
     manifest may mix files next to it with files elsewhere.
@@ -47,9 +51,10 @@ def join_uri(base: str, relative: str) -> str:
     if "://" in relative or os.path.isabs(relative):
         return relative
     if "://" in base:
-        head, _, _ = base.rpartition("/")
-        return f"{head}/{relative}"
-    return str(Path(base).expanduser().resolve().parent / relative)
+        scheme, rest = base.split("://", 1)
+        # normalised, so "a/../b" names the key b as a person means it and a containment check sees it
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), relative))}"
+    return os.path.normpath(Path(base).expanduser().resolve().parent / relative)
 
 
 def _local_path(uri: str) -> Path:
