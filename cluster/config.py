@@ -8,6 +8,7 @@ from typing import Any
 from fsspec.utils import glob_translate
 
 from recon.config import ConfigError, parse_assignments, parse_value
+from recon.retry import RetryPolicy
 
 from .fsutil import location
 
@@ -72,11 +73,20 @@ class JobConfig:
     invert: str = "auto"
     #: Paths inside image structs may point outside the input's root (another scheme, ``..``, elsewhere).
     allow_external_image_paths: bool = False
+    #: Tries of one storage operation, and the seconds after which storage counts as down (recon.retry).
+    storage_retries: int = 10
+    storage_retry_max_seconds: float = 120.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=int(self.storage_retries), max_seconds=float(self.storage_retry_max_seconds))
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SetupError(f"--device must be auto, cpu or cuda, not {self.device!r}")
-        for name in ("instances_per_actor", "max_attempts", "rows_per_shard"):
+        if self.storage_retry_max_seconds < 0:
+            raise SetupError("--storage-retry-max-seconds must be >= 0")
+        for name in ("instances_per_actor", "max_attempts", "rows_per_shard", "storage_retries"):
             if int(getattr(self, name)) < 1:
                 raise SetupError(f"--{name.replace('_', '-')} must be at least 1")
         if self.num_actors is not None and self.num_actors < 1:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
+from recon.retry import RetryPolicy, StorageUnavailable, call_with_retry
 from recon.storage import join_uri
 
 from .fsutil import location
@@ -42,6 +43,9 @@ class PathPolicy:
 
     root: str | None = None
     allow_external: bool = False
+    #: Reading a path survives storage blips within this bound; past it the row is not an error row
+    #: but :class:`recon.retry.StorageUnavailable` (the job stops and a re-run does the row).
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 def resolve_relative(path: str, base_file_url: str | None) -> str:
@@ -106,9 +110,13 @@ def _encoded_bytes(value: Any, what: str, base_file_url: str | None,
         if "://" in url and base_file_url and "://" in base_file_url \
                 and url.split("://", 1)[0] == base_file_url.split("://", 1)[0]:
             opts = dict(storage_options or {})  # same store as the input: same credentials
-        try:
+        def read() -> bytes:
             with fsspec.open(url, "rb", **opts) as fh:
                 return fh.read()
+        try:
+            return call_with_retry(read, what=f"read {what} file {url}", policy=policy.retry)
+        except StorageUnavailable:
+            raise
         except FileNotFoundError as exc:
             raise RowInputError(f"{what} file not found: {url}") from exc
         except Exception as exc:

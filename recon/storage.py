@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import fsspec
 
+from .retry import call_with_retry
+
 __all__ = ["StorageError", "cache_dir", "fetch", "is_local", "join_uri"]
 
 CACHE_ENV = "RECON_CACHE_DIR"
@@ -83,7 +85,7 @@ def fetch(uri: str, *, storage_options: Mapping[str, Any] | None = None, use_cac
 
     try:
         fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
-        info = fs.info(path)
+        info = call_with_retry(fs.info, path, what=f"read {uri}")
     except FileNotFoundError as exc:
         raise StorageError(f"model file not found: {uri}") from exc
     except ImportError as exc:
@@ -108,9 +110,13 @@ def fetch(uri: str, *, storage_options: Mapping[str, Any] | None = None, use_cac
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
     try:
-        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
-            while chunk := src.read(8 << 20):
-                out.write(chunk)
+        os.close(fd)
+
+        def download() -> None:
+            with open(tmp, "wb") as out, fs.open(path, "rb") as src:
+                while chunk := src.read(8 << 20):
+                    out.write(chunk)
+        call_with_retry(download, what=f"download {uri}")
         got = os.path.getsize(tmp)
         if size is not None and got != size:
             raise StorageError(f"truncated download of {uri}: got {got} of {size} bytes")
