@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from recon.retry import StorageUnavailable
+
 from .config import DEFAULT_RECONSTRUCTOR, Columns, JobConfig, SetupError, parse_key_values
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -87,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--crop", choices=("none", "center"), default="none",
                     help="center: crop non-square images (and masks) to a centred square before the preset's "
                          "crop and resize; none: a non-square image is an error row")
+    io.add_argument("--storage-retries", type=int, default=10,
+                    help="tries of one storage read/write on transient errors (refused connections, timeouts, "
+                         "5xx, throttling), with exponential backoff and full jitter; default 10")
+    io.add_argument("--storage-retry-max-seconds", type=float, default=120.0,
+                    help="storage unreachable this long: the row is left for a re-run and the job stops with "
+                         "exit 1; default 120")
+    io.add_argument("--allow-external-image-paths", action="store_true",
+                    help="let paths in image structs point outside the input's root (other schemes, '..', "
+                         "absolute paths); by default such rows become error rows")
     io.add_argument("--limit", type=int, default=None, help="only the first N input rows")
     io.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                     help="fsspec option for remote URLs (repeatable), e.g. endpoint_url=http://minio:9000")
@@ -161,6 +172,9 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         masks=args.masks,
         crop=args.crop,
         id_from=args.id_from,
+        allow_external_image_paths=args.allow_external_image_paths,
+        storage_retries=args.storage_retries,
+        storage_retry_max_seconds=args.storage_retry_max_seconds,
     )
 
 
@@ -194,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        # committed rows are kept; the rows cut short are neither error rows nor counted attempts
+        print(f"error: {exc}; committed rows are kept, re-run the same command once storage is back",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # The job has already logged what it committed and cleaned up; a traceback would only bury that.
         print("interrupted: committed rows are kept; re-run the same command to finish the others",

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .fsutil import is_local_fs
 from .identity import item_key
@@ -65,8 +64,7 @@ class OutputIndex:
     def load(cls, store: OutputStore) -> "OutputIndex":
         index = cls(store)
         for number, path in store.shard_paths().items():
-            with store.fs.open(path, "rb") as fh:
-                table = pq.read_table(fh, columns=["image_id", "status"])
+            table = store.read_parquet(path, columns=["image_id", "status"])
             ids = table.column("image_id").to_pylist()
             statuses = table.column("status").to_pylist()
             index._add_shard(number, path, ids, statuses)
@@ -104,8 +102,7 @@ class CompactionReport:
 
 
 def _read_item(store: OutputStore, path: str) -> pa.Table:
-    with store.fs.open(path, "rb") as fh:
-        return pq.read_table(fh)
+    return store.read_parquet(path)
 
 
 def _remove_markers(store: OutputStore, keys: list[str]) -> None:

@@ -5,12 +5,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from fsspec.utils import glob_translate
+
+from recon.config import ConfigError, parse_assignments, parse_value
+from recon.retry import RetryPolicy
 
 from .fsutil import location
 
-__all__ = ["Columns", "JobConfig", "SetupError", "parse_key_values", "DEFAULT_RECONSTRUCTOR"]
+__all__ = ["Columns", "JobConfig", "SetupError", "parse_key_values", "parse_value", "DEFAULT_RECONSTRUCTOR"]
 
 #: --crop values: "none" keeps the reference's refusal of non-square images.
 CROP_MODES = ("none", "center")
@@ -85,11 +87,22 @@ class JobConfig:
         if self.masks and not self.columns.mask:
             # the rows built from a masks folder carry the mask in this column
             self.columns = Columns(self.columns.id, self.columns.image, self.columns.latent, "mask")
+    #: Paths inside image structs may point outside the input's root (another scheme, ``..``, elsewhere).
+    allow_external_image_paths: bool = False
+    #: Tries of one storage operation, and the seconds after which storage counts as down (recon.retry).
+    storage_retries: int = 10
+    storage_retry_max_seconds: float = 120.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=int(self.storage_retries), max_seconds=float(self.storage_retry_max_seconds))
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SetupError(f"--device must be auto, cpu or cuda, not {self.device!r}")
-        for name in ("instances_per_actor", "max_attempts", "rows_per_shard"):
+        if self.storage_retry_max_seconds < 0:
+            raise SetupError("--storage-retry-max-seconds must be >= 0")
+        for name in ("instances_per_actor", "max_attempts", "rows_per_shard", "storage_retries"):
             if int(getattr(self, name)) < 1:
                 raise SetupError(f"--{name.replace('_', '-')} must be at least 1")
         if self.num_actors is not None and self.num_actors < 1:
@@ -129,40 +142,12 @@ class JobConfig:
 
 
 def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["a=1", "b.c=true", "k=0123"]`` -> ``{"a": 1, "b.c": True, "k": "0123"}``; see :func:`parse_value`."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SetupError(f"{flag} expects key=value, got {pair!r}")
-        out[key] = parse_value(raw)
-    return out
+    """``["a=1", "b.c=true", "k=0123"]`` -> ``{"a": 1, "b.c": True, "k": "0123"}``.
 
-
-# a decimal number as written by a person: no leading zeros, no underscores, sexagesimal or hex
-_PLAIN_NUMBER = re.compile(r"[-+]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][-+]?[0-9]+)?|[-+]?\.[0-9]+([eE][-+]?[0-9]+)?")
-
-
-def parse_value(raw: str) -> Any:
-    """A command-line value: numbers, ``true``/``false``, ``null`` and YAML lists/maps arrive typed,
-    anything else as the text given.
-
-    YAML 1.1 alone would mangle values that are strings to the user: ``0123`` (a secret, an
-    account id) becomes the octal 83, ``on``/``no`` become booleans, ``1:30`` becomes 90.
-    Those stay strings; ``1e-3``, a string to YAML, becomes the number meant.
+    The method's parser (:func:`recon.config.parse_assignments`), so ``--set`` reads the same here,
+    in the benches and in ``recon.config``; a malformed pair is a :class:`SetupError`.
     """
-    text = raw.strip()
-    if not text:
-        return ""
-    if _PLAIN_NUMBER.fullmatch(text):
-        return int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else float(text)
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return raw
-    if isinstance(value, bool):
-        return value if text.lower() in ("true", "false") else raw
-    if isinstance(value, (int, float)):
-        return raw  # a number YAML reads but a person would not write (0123, 0x1f, 1:30, 1_000)
-    return value
+        return parse_assignments(pairs, flag)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from exc

@@ -10,19 +10,42 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
+from recon.retry import RetryPolicy, StorageUnavailable, call_with_retry
+from recon.storage import join_uri
+
+from .fsutil import location
+
 log = logging.getLogger(__name__)
 
-__all__ = ["RowInputError", "crop_to_square", "decode_image", "decode_mask", "decode_latent", "resolve_relative"]
+__all__ = ["PathPolicy", "RowInputError", "check_contained", "crop_to_square", "decode_image", "decode_mask",
+           "decode_latent", "resolve_relative"]
 
 
 class RowInputError(ValueError):
     """This row's input cannot be used (the message goes into the output row)."""
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """Where paths inside image structs may point (issue 21 finding 5).
+
+    ``root``: the input's root URL (the ``--input`` folder, a glob's fixed prefix, a single file's
+    folder); None means the folder of the row's Parquet file. ``allow_external``
+    (``--allow-external-image-paths``) lifts the rule.
+    """
+
+    root: str | None = None
+    allow_external: bool = False
+    #: Reading a path survives storage blips within this bound; past it the row is not an error row
+    #: but :class:`recon.retry.StorageUnavailable` (the job stops and a re-run does the row).
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 def resolve_relative(path: str, base_file_url: str | None) -> str:
@@ -30,20 +53,43 @@ def resolve_relative(path: str, base_file_url: str | None) -> str:
 
     Absolute paths and URLs stay as they are; relative ones are taken relative
     to the folder of the Parquet file the row came from (that is how the
-    ``datasets`` library writes them next to the data).
+    ``datasets`` library writes them next to the data). Whether the result may
+    be read is :func:`check_contained`'s decision.
     """
     if "://" in path or path.startswith("/"):
         return path
     if not base_file_url:
         raise RowInputError(f"image path {path!r} is relative but the row's input file is unknown")
-    if "://" in base_file_url:
-        scheme, rest = base_file_url.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), path))}"
-    return posixpath.normpath(posixpath.join(posixpath.dirname(base_file_url), path))
+    return join_uri(base_file_url, path)
+
+
+def _inside(url: str, root: str) -> bool:
+    (proto, where), (root_proto, top) = location(url), location(root)
+    if proto != root_proto:
+        return False  # a scheme change: a local input naming http://..., an s3 input naming a local file
+    where, top = posixpath.normpath(where), posixpath.normpath(top)
+    return where == top or where.startswith(top.rstrip("/") + "/")
+
+
+def check_contained(url: str, root: str | None, path: str, what: str) -> None:
+    """Refuse reading ``url`` (resolved from the row's ``path``) unless it lies under ``root``.
+
+    A row's path is data, not configuration: left unchecked it makes a worker fetch any URL its
+    credentials reach (an internal http service, another bucket) or any local file (``../..``).
+    So by default it must resolve under the input's root: same scheme, no ``..`` out of it (local
+    paths are compared after resolving symlinks), no absolute path elsewhere.
+    """
+    if root is None:
+        raise RowInputError(f"{what} path {path!r} cannot be checked: the row's input file is unknown")
+    if not _inside(url, root):
+        raise RowInputError(
+            f"{what} path {path!r} resolves to {url}, outside the input root {root}: paths in image structs must "
+            "stay under the input (same scheme, no '..' out of it, no absolute path elsewhere); "
+            "pass --allow-external-image-paths to read it anyway")
 
 
 def _encoded_bytes(value: Any, what: str, base_file_url: str | None,
-                   storage_options: Mapping[str, Any] | None) -> bytes:
+                   storage_options: Mapping[str, Any] | None, paths: "PathPolicy | None") -> bytes:
     if value is None:
         raise RowInputError(f"missing {what}")
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -56,13 +102,21 @@ def _encoded_bytes(value: Any, what: str, base_file_url: str | None,
         if not path:
             raise RowInputError(f"missing {what}: the image struct has neither bytes nor path")
         url = resolve_relative(str(path), base_file_url)
+        policy = paths or PathPolicy()
+        if not policy.allow_external:
+            root = policy.root or (posixpath.dirname(base_file_url) if base_file_url else None)
+            check_contained(url, root, str(path), what)
         opts = {}
         if "://" in url and base_file_url and "://" in base_file_url \
                 and url.split("://", 1)[0] == base_file_url.split("://", 1)[0]:
             opts = dict(storage_options or {})  # same store as the input: same credentials
-        try:
+        def read() -> bytes:
             with fsspec.open(url, "rb", **opts) as fh:
                 return fh.read()
+        try:
+            return call_with_retry(read, what=f"read {what} file {url}", policy=policy.retry)
+        except StorageUnavailable:
+            raise
         except FileNotFoundError as exc:
             raise RowInputError(f"{what} file not found: {url}") from exc
         except Exception as exc:
@@ -110,14 +164,14 @@ def _eight_bit(img: Image.Image, what: str) -> Image.Image:
 
 
 def decode_image(value: Any, *, base_file_url: str | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
+                 storage_options: Mapping[str, Any] | None = None, paths: PathPolicy | None = None) -> np.ndarray:
     """Encoded image (bytes or HF ``{bytes, path}``) -> uint8 (H, W, 3), upright and opaque.
 
     The EXIF orientation is applied (phone photos are stored sideways with a tag saying so), and
     transparent pixels are composited onto black (``convert("RGB")`` alone would show whatever colour
     the file stores under them, e.g. a palette's magenta).
     """
-    img = _open_image(_encoded_bytes(value, "image", base_file_url, storage_options), "image")
+    img = _open_image(_encoded_bytes(value, "image", base_file_url, storage_options, paths), "image")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
@@ -128,13 +182,13 @@ def decode_image(value: Any, *, base_file_url: str | None = None,
 
 
 def decode_mask(value: Any, *, image_shape: tuple[int, int], base_file_url: str | None = None,
-                storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
+                storage_options: Mapping[str, Any] | None = None, paths: PathPolicy | None = None) -> np.ndarray:
     """Encoded grayscale mask -> uint8 (H, W) pixels as stored (object 255), same size as the image.
 
     Scaling to [0, 1] is left to the method (``recon.imaging.mask_to_tensor``), which also refuses a
     file that holds only 0 and 1 (it would read as an empty mask) with an error row that says so.
     """
-    img = _open_image(_encoded_bytes(value, "mask", base_file_url, storage_options), "mask")
+    img = _open_image(_encoded_bytes(value, "mask", base_file_url, storage_options, paths), "mask")
     arr = np.asarray(img.convert("L"), dtype=np.uint8)
     if arr.shape != tuple(image_shape):
         raise RowInputError(

@@ -61,6 +61,9 @@ class InputSet:
         return "file" if is_local_fs(self.fs) else (
             self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
 
+    def root_url(self) -> str:
+        return to_url(self.fs, self.root)
+
     def urls(self) -> list[str]:
         return [to_url(self.fs, p) for p in self.paths]
 
@@ -115,7 +118,7 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
     if not paths:
         raise InputError(f"no Parquet files match {url}")
     return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}),
-                    root=root, images=images)
+                    root=root or "/", images=images)
 
 
 def attach_companions(inputs: InputSet, columns: Columns, latents: str | None, masks: str | None) -> None:

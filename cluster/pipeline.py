@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .compaction import OutputIndex, compact, write_manifest
+from recon.retry import RetryPolicy, StorageUnavailable
+
 from .config import JobConfig, SetupError
+from .decode import PathPolicy
 from .fingerprint import claim_output, compute_fingerprint
 from .fsutil import is_local_fs
 from .inputs import ColumnKinds, InputSet, attach_companions, check_columns, resolve_input, scan_ids
@@ -99,7 +102,7 @@ def _read_bundle(cfg: JobConfig) -> bytes:
 
 def _open_output(cfg: JobConfig, create: bool = True) -> OutputStore:
     try:
-        store = OutputStore(cfg.output, cfg.storage_options)
+        store = OutputStore(cfg.output, cfg.storage_options, cfg.retry_policy)
     except ImportError as exc:
         raise SetupError(f"cannot open --output {cfg.output}: filesystem not installed ({exc})") from exc
     try:
@@ -145,6 +148,8 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
     except WorkerSetupError as exc:
         raise SetupError(str(exc)) from exc
     _check_method_settings(cfg, rec_cls)
+    # Fail fast: storage unreachable at start-up is a setup error (exit 2), not waited out; from here on
+    # every operation of the output store retries within --storage-retry-max-seconds.
     store = _open_output(cfg, create=not dry_run)
     version = _recon_version()
     fp = compute_fingerprint(cfg, bundle_bytes=bundle, recon_version=version)
@@ -427,6 +432,11 @@ def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
     try:
         if plan.todo:
             _execute(cfg, pre, summary, metrics, reporter)
+    except StorageUnavailable as exc:
+        # compacting and a manifest need the storage that is away; the next run does both
+        setup_failed = True
+        log.error("stopping: %s", exc)
+        raise
     except SetupError:
         # e.g. --device cuda without a GPU: the same command would fail the same way, so no
         # "re-run to finish" and no manifest; rows committed before it are compacted by the next run
@@ -472,7 +482,9 @@ def _consume(cfg: JobConfig, pre: Preflight, ds, summary: JobSummary, metrics: J
     """Read status rows as actors finish them; compact every ``rows_per_shard`` rows."""
     since_compaction = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
+        rows = batch.to_pylist()
+        _stop_if_storage_is_down(pre.store, [r for r in rows if r["status"] == "unavailable"])
+        for row in rows:
             metrics.observe(row)
             summary.ok += row["status"] == "ok"
             summary.error += row["status"] != "ok"
@@ -506,6 +518,8 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
             invert=cfg.invert, crop=cfg.crop,
+            paths=PathPolicy(root=pre.inputs.root_url(), allow_external=cfg.allow_external_image_paths),
+            retry=cfg.retry_policy,
         )
         log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",
                  pre.plan.todo, num_actors, device, cpus_per_actor, cfg.instances_per_actor)
@@ -532,6 +546,31 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             ray.shutdown()
 
 
+def _quick(store: OutputStore) -> OutputStore:
+    """The store with a short retry bound, for cleanup while stopping (``ray job stop`` waits seconds)."""
+    return OutputStore(store.url, store.storage_options, RetryPolicy(attempts=3, max_seconds=3.0))
+
+
+def _stop_if_storage_is_down(store: OutputStore, unavailable: list[dict[str, Any]]) -> None:
+    """The one place that decides what a row whose storage stayed away past the bound means.
+
+    The worker already retried for ``--storage-retry-max-seconds`` and left the row uncommitted;
+    other rows would meet the same outage, so the run stops (exit 1, one line) instead of
+    turning rows into errors. The row's attempt marker is removed (here, if the worker could not),
+    so it is not counted as an attempt, and a re-run does the row.
+    """
+    if not unavailable:
+        return
+    left = [r["marker"] for r in unavailable if r.get("marker")]
+    if left:
+        try:
+            _quick(store).remove(left)
+        except Exception as exc:
+            log.warning("could not remove %d attempt marker(s) while storage is down (%s); each counts one "
+                        "attempt toward --max-attempts", len(left), exc)
+    raise StorageUnavailable(f"{len(unavailable)} row(s) left uncommitted: {unavailable[0]['error']}")
+
+
 def _forget_interrupted_attempts(store: OutputStore, tracker) -> None:
     """Remove the attempt markers of the rows this stopping driver cuts short.
 
@@ -554,6 +593,7 @@ def _forget_interrupted_attempts(store: OutputStore, tracker) -> None:
         log.warning("could not list the rows in flight (%s); their attempts count toward --max-attempts", exc)
         return
     prefix = store.attempts_dir.rstrip("/") + "/"
+    store = _quick(store)
     removed = 0
     for path in markers:
         if not str(path).startswith(prefix):

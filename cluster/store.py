@@ -35,6 +35,7 @@ from .fsutil import (
     to_url,
 )
 from .identity import item_key
+from recon.retry import RetryPolicy, call_with_retry
 
 __all__ = ["OutputStore", "SHARD_PREFIX"]
 
@@ -46,16 +47,22 @@ ITEM_SUFFIX = ".parquet"
 class OutputStore:
     """Paths and primitive operations on one ``--output`` folder (local or remote)."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
+                 retry: RetryPolicy | None = None):
         self.url = str(url).rstrip("/")
         self.storage_options = dict(storage_options or {})
+        #: Every operation below survives storage blips within this bound (cluster.retry).
+        self.retry = retry or RetryPolicy()
         self.fs, self.root = filesystem_for(self.url, self.storage_options)
         if is_local_fs(self.fs):
             self.root = os.path.abspath(self.root)
 
     # Picklable by value: workers rebuild the filesystem from the URL and options.
     def __reduce__(self):
-        return (OutputStore, (self.url, self.storage_options))
+        return (OutputStore, (self.url, self.storage_options, self.retry))
+
+    def _retried(self, what: str, fn, *args: Any, **kwargs: Any) -> Any:
+        return call_with_retry(fn, *args, what=f"{what} under {self.url}", policy=self.retry, **kwargs)
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -97,27 +104,42 @@ class OutputStore:
     # -- rows ----------------------------------------------------------------
     def commit_item(self, image_id: str, parquet_bytes: bytes) -> bool:
         """Commit one row's result; False if that row was already committed."""
-        return create_exclusive(self.fs, self.item_path(image_id), parquet_bytes, tmp_dir=self.tmp_dir)
+        # A retried PUT whose first try did land finds the object (If-None-Match): False, and the row stands once.
+        return self._retried(f"commit row {image_id}", create_exclusive, self.fs, self.item_path(image_id),
+                             parquet_bytes, tmp_dir=self.tmp_dir)
 
     def item_exists(self, image_id: str) -> bool:
-        self.fs.invalidate_cache()
-        return self.fs.exists(self.item_path(image_id))
+        def look() -> bool:
+            self.fs.invalidate_cache()
+            return self.fs.exists(self.item_path(image_id))
+        return self._retried(f"look up row {image_id}", look)
+
+    def read_parquet(self, path: str, columns: list[str] | None = None) -> "Any":
+        """One Parquet object (an item or a shard) as a pyarrow Table."""
+        import pyarrow.parquet as pq
+
+        def read():
+            with self.fs.open(path, "rb") as fh:
+                return pq.read_table(fh, columns=columns)
+        return self._retried(f"read {path}", read)
 
     def record_attempt(self, image_id: str) -> str:
         """Leave a marker saying an attempt on this row started (before any work); returns its path."""
         name = f"{uuid.uuid4().hex}-{socket.gethostname()}-{os.getpid()}"
         path = join(self.attempt_dir(image_id), name)
-        create_exclusive(self.fs, path, b"", tmp_dir=self.tmp_dir)
+        self._retried(f"mark an attempt on row {image_id}", create_exclusive, self.fs, path, b"",
+                      tmp_dir=self.tmp_dir)
         return path
 
     def count_attempts(self, image_id: str) -> int:
-        return len(list_files(self.fs, self.attempt_dir(image_id)))
+        return len(self._retried(f"count attempts on row {image_id}", list_files, self.fs,
+                                 self.attempt_dir(image_id)))
 
     # -- listings (planner, compaction) ----------------------------------------
     def staged_items(self) -> dict[str, str]:
         """``{item key: path}`` of every committed-but-not-compacted row."""
         out = {}
-        for path in list_files(self.fs, self.items_dir):
+        for path in self._retried("list staged rows", list_files, self.fs, self.items_dir):
             name = path.rsplit("/", 1)[-1]
             if name.endswith(ITEM_SUFFIX) and not name.startswith("."):
                 out[name[: -len(ITEM_SUFFIX)]] = path
@@ -125,11 +147,13 @@ class OutputStore:
 
     def shard_paths(self) -> dict[int, str]:
         """``{index: path}`` of the committed shards directly under the root."""
-        self.fs.invalidate_cache()
-        try:
-            entries = self.fs.ls(self.root, detail=False)
-        except FileNotFoundError:
-            return {}
+        def ls() -> list[str]:
+            self.fs.invalidate_cache()
+            try:
+                return self.fs.ls(self.root, detail=False)
+            except FileNotFoundError:
+                return []
+        entries = self._retried("list shards", ls)
         out = {}
         for path in entries:
             name = path.rstrip("/").rsplit("/", 1)[-1]
@@ -143,7 +167,7 @@ class OutputStore:
         """``{item key: [marker paths]}`` for every row with attempt markers."""
         out: dict[str, list[str]] = {}
         prefix = self.attempts_dir.rstrip("/") + "/"
-        for path in list_files(self.fs, self.attempts_dir):
+        for path in self._retried("list attempt markers", list_files, self.fs, self.attempts_dir):
             rel = path[len(prefix):] if path.startswith(prefix) else path
             key = rel.split("/", 1)[0]
             out.setdefault(key, []).append(path)
@@ -151,18 +175,25 @@ class OutputStore:
 
     # -- small metadata objects -----------------------------------------------
     def read_json_bytes(self, path: str) -> bytes | None:
-        self.fs.invalidate_cache()
-        try:
-            return read_bytes(self.fs, path)
-        except FileNotFoundError:
-            return None
+        def read() -> bytes | None:
+            self.fs.invalidate_cache()
+            try:
+                return read_bytes(self.fs, path)
+            except FileNotFoundError:
+                return None
+        return self._retried(f"read {path}", read)
 
     def create(self, path: str, data: bytes) -> bool:
-        return create_exclusive(self.fs, path, data, tmp_dir=self.tmp_dir)
+        return self._retried(f"write {path}", create_exclusive, self.fs, path, data, tmp_dir=self.tmp_dir)
 
     def replace(self, path: str, data: bytes) -> None:
-        replace_atomic(self.fs, path, data, tmp_dir=self.tmp_dir)
+        self._retried(f"write {path}", replace_atomic, self.fs, path, data, tmp_dir=self.tmp_dir)
 
     def remove(self, paths: list[str]) -> None:
+        def rm() -> None:
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:
+                pass  # a retry after a delete that did happen
         if paths:
-            self.fs.rm(paths)
+            self._retried(f"delete {len(paths)} object(s)", rm)

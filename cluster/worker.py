@@ -26,19 +26,19 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .config import Columns
-from .decode import RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
+from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
 from .schema import ResultError, RowContext, error_table, latent_table, result_table, table_to_parquet_bytes
 from .store import OutputStore
+from recon.retry import RetryPolicy, StorageUnavailable
 
 __all__ = ["ReconstructionWorker", "WorkerSettings", "WorkerSetupError", "load_reconstructor_class",
            "STATUS_SCHEMA"]
@@ -55,6 +55,7 @@ STATUS_SCHEMA = pa.schema([
     ("step_seconds", pa.string()),    # JSON {step: seconds}
     ("duplicate", pa.bool_()),        # the row had been committed already (a retried batch)
     ("worker", pa.string()),
+    ("marker", pa.string()),          # status "unavailable": the attempt marker the driver must remove
 ])
 
 HEARTBEAT_S = 5.0
@@ -112,6 +113,8 @@ class WorkerSettings:
     tracker: Any = None  # ProgressTracker handle, or None
     invert: str = "auto"  # "auto" | "only" (issue 8)
     crop: str = "none"  # "none" | "center" (cluster.decode.crop_to_square)
+    paths: PathPolicy = field(default_factory=PathPolicy)  # where image-struct paths may point (issue 21)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # storage blips (issue 21 finding 2)
 
 
 def _latent_missing(value: Any) -> bool:
@@ -170,7 +173,7 @@ class ReconstructionWorker:
             recon_version=settings.recon_version,
             run_fingerprint=settings.run_fingerprint,
         )
-        self.store = OutputStore(settings.output_url, settings.storage_options)
+        self.store = OutputStore(settings.output_url, settings.storage_options, settings.retry)
         self._stop = threading.Event()
         if settings.tracker is not None:
             threading.Thread(target=self._beat, name="recon-heartbeat", daemon=True).start()
@@ -200,14 +203,18 @@ class ReconstructionWorker:
         pending: list[tuple[str, dict[str, Any], int]] = []
         for row in rows:
             image_id = id_to_str(row[cols.id])
-            if self.store.item_exists(image_id):
-                statuses.append(self._already_committed(image_id))
-                continue
-            previous = self.store.count_attempts(image_id)
-            if previous >= self.s.max_attempts:
-                msg = (f"worker died {previous} times on this row "
-                       f"(--max-attempts {self.s.max_attempts}); not retried")
-                statuses.append(self._commit_error(image_id, msg, attempts=previous, seconds=0.0))
+            try:
+                if self.store.item_exists(image_id):
+                    statuses.append(self._already_committed(image_id))
+                    continue
+                previous = self.store.count_attempts(image_id)
+                if previous >= self.s.max_attempts:
+                    msg = (f"worker died {previous} times on this row "
+                           f"(--max-attempts {self.s.max_attempts}); not retried")
+                    statuses.append(self._commit_error(image_id, msg, attempts=previous, seconds=0.0))
+                    continue
+            except StorageUnavailable as exc:
+                statuses.append(self._unavailable(image_id, exc, None))
                 continue
             pending.append((image_id, row, previous))
 
@@ -222,6 +229,25 @@ class ReconstructionWorker:
                 statuses.append(self._run_one(image_id, row, prev))
         return pa.Table.from_pylist(statuses, schema=STATUS_SCHEMA)
 
+    def _unavailable(self, image_id: str, exc: StorageUnavailable, marker: str | None) -> dict[str, Any]:
+        """Storage stayed away past the retry bound: no result, no error row, and the attempt must not count.
+
+        The marker is removed here if storage answers again; the status names it so the stopping
+        driver can try too. Returned, not raised: an exception would fail the dataset with a traceback.
+        """
+        if marker is not None:
+            try:
+                self.store.fs.rm(marker)
+                marker = None
+            except FileNotFoundError:
+                marker = None
+            except Exception:
+                pass  # still away: the driver tries again
+        log.warning("row %s: left uncommitted: %s", image_id, exc)
+        status = self._status(image_id, "unavailable", str(exc), 0.0, 0)
+        status["marker"] = marker
+        return status
+
     # -- helpers ---------------------------------------------------------------
     def _base_url(self, row: dict[str, Any]) -> str | None:
         path = row.get("path")
@@ -234,13 +260,15 @@ class ReconstructionWorker:
         """Decode one row into the keyword arguments of ``reconstruct``."""
         cols = self.s.columns
         base = self._base_url(row)
-        image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options)
+        paths = PathPolicy(self.s.paths.root, self.s.paths.allow_external, self.s.retry)
+        image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options,
+                             paths=paths)
         raw = row.get(cols.latent)
         latent = None if _latent_missing(raw) else decode_latent(raw, self.latent_dim)
         mask = None
         if cols.mask:
             mask = decode_mask(row.get(cols.mask), image_shape=image.shape[:2], base_file_url=base,
-                               storage_options=self.s.storage_options)
+                               storage_options=self.s.storage_options, paths=paths)
         if self.s.crop == "center":  # after the mask's size check: image and mask are cropped alike
             image = crop_to_square(image)
             mask = None if mask is None else crop_to_square(mask)
@@ -250,7 +278,7 @@ class ReconstructionWorker:
                 steps: dict[str, float] | None = None, duplicate: bool = False) -> dict[str, Any]:
         return {"image_id": image_id, "status": status, "error": error, "seconds": float(seconds),
                 "attempts": int(attempts), "step_seconds": json.dumps(steps or {}), "duplicate": duplicate,
-                "worker": self.worker_id}
+                "worker": self.worker_id, "marker": None}
 
     def _commit(self, image_id: str, table: pa.Table, steps: dict[str, float] | None) -> dict[str, Any]:
         row = table.slice(0, 1).to_pylist()[0]
@@ -273,8 +301,8 @@ class ReconstructionWorker:
                                                   seconds=seconds), None)
 
     def _already_committed(self, image_id: str) -> dict[str, Any]:
-        with self.store.fs.open(self.store.item_path(image_id), "rb") as fh:
-            row = pq.read_table(fh, columns=["status", "error", "seconds", "attempts"]).to_pylist()[0]
+        row = self.store.read_parquet(self.store.item_path(image_id),
+                                      columns=["status", "error", "seconds", "attempts"]).to_pylist()[0]
         return self._status(image_id, row["status"], row["error"], row["seconds"] or 0.0,
                             row["attempts"] or 0, duplicate=True)
 
@@ -304,8 +332,15 @@ class ReconstructionWorker:
                 "warning": warning}
 
     def _run_one(self, image_id: str, row: dict[str, Any], previous: int) -> dict[str, Any]:
+        marker = None
+        try:
+            marker = self.store.record_attempt(image_id)  # before any work: a crash from here on counts
+            return self._attempt_one(image_id, row, previous, marker)
+        except StorageUnavailable as exc:
+            return self._unavailable(image_id, exc, marker)
+
+    def _attempt_one(self, image_id: str, row: dict[str, Any], previous: int, marker: str) -> dict[str, Any]:
         attempts = previous + 1
-        marker = self.store.record_attempt(image_id)  # before any work: a crash from here on counts
         self._notify("started", [image_id], [marker])
         t0 = time.monotonic()
         try:
@@ -319,6 +354,8 @@ class ReconstructionWorker:
                                          extra=extra)
                     return self._commit(image_id, table, None)
                 result = self.rec.reconstruct(**inst)
+            except StorageUnavailable:
+                raise
             except Exception as exc:
                 return self._commit_error(image_id, error_message(exc), attempts=attempts,
                                           seconds=time.monotonic() - t0)
@@ -332,11 +369,16 @@ class ReconstructionWorker:
         ready: list[tuple[str, dict[str, Any]]] = []
         markers: dict[str, str] = {}
         for image_id, row, _ in pending:
-            markers[image_id] = self.store.record_attempt(image_id)
             try:
-                ready.append((image_id, self._instance(image_id, row)))
-            except Exception as exc:
-                out.append(self._commit_error(image_id, error_message(exc), attempts=1, seconds=0.0))
+                markers[image_id] = self.store.record_attempt(image_id)
+                try:
+                    ready.append((image_id, self._instance(image_id, row)))
+                except StorageUnavailable:
+                    raise
+                except Exception as exc:
+                    out.append(self._commit_error(image_id, error_message(exc), attempts=1, seconds=0.0))
+            except StorageUnavailable as exc:
+                out.append(self._unavailable(image_id, exc, markers.get(image_id)))
         if not ready:
             return out
         ids = [i for i, _ in ready]
@@ -351,10 +393,13 @@ class ReconstructionWorker:
                 results = [exc] * len(ready)
             share = (time.monotonic() - t0) / len(ready)
             for image_id, res in zip(ids, results):
-                if isinstance(res, BaseException):
-                    out.append(self._commit_error(image_id, error_message(res), attempts=1, seconds=share))
-                else:
-                    out.append(self._result_row(image_id, res, 1, share))
+                try:
+                    if isinstance(res, BaseException):
+                        out.append(self._commit_error(image_id, error_message(res), attempts=1, seconds=share))
+                    else:
+                        out.append(self._result_row(image_id, res, 1, share))
+                except StorageUnavailable as exc:
+                    out.append(self._unavailable(image_id, exc, markers[image_id]))
         finally:
             self._notify("finished", ids)
         return out

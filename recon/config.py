@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -229,10 +230,40 @@ def _read_mapping(path: Path) -> dict:
     return data
 
 
+# a decimal number as written by a person: no leading zeros, no underscores, sexagesimal or hex
+_PLAIN_NUMBER = re.compile(r"[-+]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][-+]?[0-9]+)?|[-+]?\.[0-9]+([eE][-+]?[0-9]+)?")
+
+
+def parse_value(raw: str) -> Any:
+    """One command-line value (``--set``, ``--storage-option``, the benches): the one parser for them all.
+
+    Numbers, ``true``/``false``, ``null`` and YAML lists/maps arrive typed, anything else as the
+    text given. YAML 1.1 alone would mangle values that are strings to the user: ``0123`` or
+    ``010`` (a secret, an account id) would become the octal 83 or 8, ``0x10`` 16, ``on``/``no``
+    booleans, ``1:30`` 90. Those stay strings, so a key that wants a number or a bool refuses
+    them (:func:`apply_overrides`) instead of running with a value nobody wrote; ``1e-3``, a
+    string to YAML 1.1, becomes the number meant.
+    """
+    text = raw.strip()
+    if not text:
+        return ""
+    if _PLAIN_NUMBER.fullmatch(text):
+        return int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else float(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, bool):
+        return value if text.lower() in ("true", "false") else raw
+    if isinstance(value, (int, float)):
+        return raw  # a number YAML reads but a person would not write (0123, 0x1f, 1:30, 1_000)
+    return value
+
+
 def _coerce(key: str, value: Any, current: Any) -> Any:
     """Check ``value`` against the type of the current value of ``key``."""
     if isinstance(value, str) and not isinstance(current, str):
-        value = yaml.safe_load(value)  # command-line strings: "true", "0.5", "[1, 2]", "null"
+        value = parse_value(value)  # command-line strings: "true", "0.5", "[1, 2]", "null"; "010" stays text
     if value is None:
         if key in ("crop", "border_depth"):
             return None
@@ -246,11 +277,6 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if isinstance(current, float) or key == "border_depth":
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
@@ -277,7 +303,7 @@ def apply_overrides(cfg_dict: dict, overrides: Mapping[str, Any]) -> dict:
         if sub:
             if not isinstance(out[key], dict) or sub not in out[key]:
                 raise ConfigError(f"unknown config key {raw_key!r}")
-            v = yaml.safe_load(value) if isinstance(value, str) else value
+            v = parse_value(value) if isinstance(value, str) else value
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{raw_key} must be an integer, got {value!r}")
             out[key][sub] = v
@@ -286,14 +312,18 @@ def apply_overrides(cfg_dict: dict, overrides: Mapping[str, Any]) -> dict:
     return out
 
 
-def parse_assignments(pairs: list[str] | None) -> dict[str, str]:
-    """``["a=1", "b.c=x"]`` -> ``{"a": "1", "b.c": "x"}`` (values parsed later, per key type)."""
-    result: dict[str, str] = {}
+def parse_assignments(pairs: list[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``["a=1", "b.c=x", "k=010"]`` -> ``{"a": 1, "b.c": "x", "k": "010"}`` (values by :func:`parse_value`).
+
+    The CLI, the benches and :func:`load_config` all read ``key=value`` text through this, so a
+    value means the same everywhere; :func:`apply_overrides` then checks it against the key's type.
+    """
+    result: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {pair!r} is not of the form key=value")
-        result[key.strip()] = value.strip()
+            raise ConfigError(f"{flag} expects key=value, got {pair!r} (not of the form key=value)")
+        result[key.strip()] = parse_value(value)
     return result
 
 

@@ -59,6 +59,26 @@ def checked_seed(seed: Any) -> int:
     return value
 
 
+#: A latent is refused when one of its values lies further from the mapping network's mean output
+#: than this many times the spread of that output (the standard deviation of all values of
+#: ``LATENT_RANGE_SAMPLES`` mapped standard-normal z, pooled over coordinates). Sampled W codes lie
+#: within about 6 spreads and inverted ones within a few tens; a value far beyond is a unit or
+#: export bug (1e30, a W code scaled by 1e6) that the GAN would turn into garbage, not a face.
+LATENT_BOUND_SPREADS = 100.0
+LATENT_RANGE_SAMPLES = 1024
+
+
+def mapping_output_range(generator: torch.nn.Module, style_dim: int, device: torch.device,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """Mean W (style_dim,) and pooled spread of the mapping network's output, from seeded samples."""
+    with torch.no_grad():
+        z = torch.randn(LATENT_RANGE_SAMPLES, style_dim, device=device,
+                        generator=torch.Generator(device).manual_seed(0)).to(dtype)
+        w = generator.get_latent(z).float().cpu()
+    center = w.mean(0)
+    return center, float((w - center).std())
+
+
 class Reconstructor:
     """GAN2Shape reconstruction of single images with one loaded model bundle."""
 
@@ -99,6 +119,8 @@ class Reconstructor:
         if n_blocks < 4 or cfg.image_size < 16:
             raise ValueError(f"the discriminator has {n_blocks} residual blocks; the step-2 loss needs 4")
         self.latent_dim = self.gan.config.style_dim
+        self.latent_center, self.latent_spread = mapping_output_range(self.gan.generator, self.latent_dim,
+                                                                      self.device, dtype)
         self.image_size = cfg.image_size
         self.requires_mask = bool(cfg.use_mask)
         self.truncation_latent = None
@@ -204,6 +226,7 @@ class Reconstructor:
                              f"got shape {tuple(lat.shape)}")
         if not torch.isfinite(lat).all():
             raise InputError("latent holds NaN or inf")
+        self.check_latent_magnitude(lat)
         h, w = img.shape[-2:]
         m = None
         if mask is not None:
@@ -216,6 +239,17 @@ class Reconstructor:
         elif self.requires_mask:
             raise InputError(f"preset {self.preset_name!r} needs an object mask (use_mask) and none was given")
         return Instance(image=img, latent=lat, mask=m, seed=checked_seed(seed))
+
+    def check_latent_magnitude(self, latent: torch.Tensor) -> None:
+        """Refuse a W code beyond :data:`LATENT_BOUND_SPREADS` spreads of the mapping output's mean."""
+        limit = LATENT_BOUND_SPREADS * self.latent_spread
+        far = (latent.double() - self.latent_center.double()).abs()
+        if bool((far > limit).any()):
+            worst = int(far.argmax())
+            raise InputError(
+                f"latent value {float(latent[worst]):.4g} (index {worst}) lies {float(far[worst]) / self.latent_spread:.3g} "
+                f"spreads from the GAN's mean W; latents beyond {LATENT_BOUND_SPREADS:g} spreads "
+                f"(|w - mean| > {limit:.4g}) are refused: W codes of this GAN lie within a few spreads")
 
     # ------------------------------------------------------------------ running
     def reconstruct(self, image: Any, latent: Any, mask: Any = None, seed: int = 0,

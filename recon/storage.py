@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import fsspec
+
+from .retry import call_with_retry
 
 __all__ = ["StorageError", "cache_dir", "fetch", "is_local", "join_uri"]
 
@@ -39,7 +42,10 @@ def is_local(uri: str) -> bool:
 
 
 def join_uri(base: str, relative: str) -> str:
-    """Resolve ``relative`` against the folder holding ``base`` (a URL or a path).
+    """Resolve ``relative`` against the folder holding ``base`` (a URL or a path), normalised.
+
+    The one URL joiner of the project: bundle manifests and image paths inside input rows both
+    resolve through it.
 
     Absolute paths and URLs with a scheme are returned unchanged, so a bundle
     manifest may mix files next to it with files elsewhere.
@@ -47,9 +53,10 @@ def join_uri(base: str, relative: str) -> str:
     if "://" in relative or os.path.isabs(relative):
         return relative
     if "://" in base:
-        head, _, _ = base.rpartition("/")
-        return f"{head}/{relative}"
-    return str(Path(base).expanduser().resolve().parent / relative)
+        scheme, rest = base.split("://", 1)
+        # normalised, so "a/../b" names the key b as a person means it and a containment check sees it
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), relative))}"
+    return os.path.normpath(Path(base).expanduser().resolve().parent / relative)
 
 
 def _local_path(uri: str) -> Path:
@@ -78,7 +85,7 @@ def fetch(uri: str, *, storage_options: Mapping[str, Any] | None = None, use_cac
 
     try:
         fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
-        info = fs.info(path)
+        info = call_with_retry(fs.info, path, what=f"read {uri}")
     except FileNotFoundError as exc:
         raise StorageError(f"model file not found: {uri}") from exc
     except ImportError as exc:
@@ -103,9 +110,13 @@ def fetch(uri: str, *, storage_options: Mapping[str, Any] | None = None, use_cac
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
     try:
-        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
-            while chunk := src.read(8 << 20):
-                out.write(chunk)
+        os.close(fd)
+
+        def download() -> None:
+            with open(tmp, "wb") as out, fs.open(path, "rb") as src:
+                while chunk := src.read(8 << 20):
+                    out.write(chunk)
+        call_with_retry(download, what=f"download {uri}")
         got = os.path.getsize(tmp)
         if size is not None and got != size:
             raise StorageError(f"truncated download of {uri}: got {got} of {size} bytes")

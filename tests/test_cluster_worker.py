@@ -81,3 +81,19 @@ def test_seed_comes_from_run_seed_and_id(make_worker, tmp_path):
     w(batch(good_rows(1)))
     call = json.loads(next((tmp_path / "logs").glob("call-*.json")).read_text())
     assert call["seed"] == row_seed(7, "img-000")
+
+
+def test_a_latent_of_absurd_magnitude_becomes_an_error_row_from_the_methods_check(tmp_path):
+    """The worker keeps no bound of its own: the real method's validate refuses 1e30 and the row says why."""
+    from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, write_tiny_bundle
+
+    settings = WorkerSettings(
+        reconstructor="recon:Reconstructor", bundle=str(write_tiny_bundle(tmp_path / "bundle")), preset="synface",
+        device="cpu", overrides={**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}, storage_options={},
+        output_url=str(tmp_path / "out"), columns=Columns(), input_protocol="file", run_seed=7,
+        max_attempts=3, run_fingerprint="fp", recon_version="0.1.0")
+    w = ReconstructionWorker(settings)
+    status = w(batch([{"image_id": "huge", "image": png(0, size=64), "latent": [1e30] * TINY_STYLE_DIM}])).to_pylist()[0]
+    assert status["status"] == "error" and status["attempts"] == 1
+    assert status["error"].startswith("invalid input: latent value 1e+30 (index 0) lies")
+    assert "spreads from the GAN's mean W" in status["error"]

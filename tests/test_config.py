@@ -125,3 +125,26 @@ def test_unknown_preset_lists_the_available_ones():
         load_config("horse")
     with pytest.raises(ConfigError, match="not of the form key=value"):
         parse_assignments(["fast"])
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("batchsize=010", "batchsize must be an integer, got '010'"),      # YAML 1.1 would run with 8
+    ("prior_iters=0x10", "prior_iters must be an integer, got '0x10'"),  # and with 16
+    ("use_mask=no", "use_mask must be true or false, got 'no'"),       # and with False
+    ("lr=1:30", "lr must be a number, got '1:30'"),                    # and with 90
+    ("stage_len.step1=010", "stage_len.step1 must be an integer, got '010'"),
+])
+def test_command_line_values_yaml_would_mangle_are_refused(pair, message):
+    """One parser (recon.config.parse_value) for --set everywhere: such values stay text, and type checks refuse them."""
+    from cluster.config import parse_key_values
+
+    assert parse_assignments([pair]) == parse_key_values([pair], "--set")  # the CLI reads what the benches read
+    with pytest.raises(ConfigError, match=message):
+        load_config("celeba", parse_assignments([pair]))
+
+
+def test_valid_command_line_spellings_still_work():
+    cfg = load_config("celeba", parse_assignments(
+        ["lr=1e-4", "use_mask=true", "flip1=[false, true]", "stage_len.step1=100", "crop=null", "fast=0.05"]))
+    assert (cfg.lr, cfg.use_mask, cfg.flip1, cfg.stage_len["step1"], cfg.crop, cfg.fast) == \
+        (1e-4, True, [False, True], 100, None, 0.05)

@@ -218,3 +218,20 @@ def test_a_diverged_instance_fails_alone_without_rerunning_its_group(rec, sample
     assert np.isfinite(out[0].canonical_depth).all() and isinstance(out[1], DivergenceError)
     with pytest.raises(DivergenceError):
         rec.reconstruct(img, w, seed=13)
+
+
+def test_latents_of_absurd_magnitude_are_refused_and_sampled_ones_pass(rec, sample):
+    """1e30 is finite, so only the bound relative to the mapping output stops it (issue 21 finding 6)."""
+    from recon.reconstructor import LATENT_BOUND_SPREADS
+
+    for latent in (np.full(TINY_STYLE_DIM, 1e30, np.float32), sample[1] * 1e6):
+        with pytest.raises(InputError, match="spreads from the GAN's mean W"):
+            rec.validate(sample[0], latent)
+    with torch.no_grad():  # 2000 fresh samples, none of them among the ones the bound was computed from
+        w = rec.gan.generator.get_latent(torch.randn(2000, TINY_STYLE_DIM, generator=torch.Generator().manual_seed(9)))
+    far = ((w - rec.latent_center).abs() / rec.latent_spread).max()
+    assert far < LATENT_BOUND_SPREADS / 5  # sampled W codes are far inside the bound
+    for row in w[:50]:
+        rec.validate(sample[0], row)
+    # twice the largest distance of a sample, beyond any sample, still passes: the bound refuses garbage only
+    rec.validate(sample[0], rec.latent_center + 2 * (w[0] - rec.latent_center))
