@@ -44,7 +44,7 @@ def test_missing_gan_file_exits_2_before_ray(capsys, dataset, tiny_bundle, tmp_p
     bundle.write_text(manifest)
     code, err, seconds = _run(capsys, dataset, tmp_path / "out", bundle)
     assert code == 2 and "model file not found" in err and "gone.pt" in err, err
-    assert "Traceback" not in err and seconds < 30
+    assert "Traceback" not in err
     assert not (tmp_path / "out" / "_run.json").exists()
 
 
