@@ -139,8 +139,11 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
     kinds = check_columns(inputs, cfg.columns, cfg.id_from)
     if not kinds.has_latent:
         # a warning, not info: a misspelt --latent-column lands here too, and inverting a whole dataset costs hours
-        log.warning("no latent column %r in the input: every row is inverted into W first "
-                    "(if the column has another name, stop and pass --latent-column)", cfg.columns.latent)
+        if inputs.images is not None:
+            log.warning("no --latents file for the image folder: every image is inverted into W first")
+        else:
+            log.warning("no latent column %r in the input: every row is inverted into W first "
+                        "(if the column has another name, stop and pass --latent-column)", cfg.columns.latent)
     scanned = scan_ids(inputs, cfg.columns.id, cfg.id_from)
     bundle = _read_bundle(cfg)
     try:

@@ -214,8 +214,8 @@ def preset_summary(name: str) -> str:
 def unknown_preset_message(preset: str) -> str:
     """Why ``preset`` is refused, with the closest built-in names when it looks misspelt."""
     close = difflib.get_close_matches(preset, available_presets(), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown preset {preset!r}{hint}; available: {available_presets()} (or a path to a YAML file)"
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}? A" if close else "; a"
+    return f"unknown preset {preset!r}{hint}vailable: {available_presets()} (or a path to a YAML file)"
 
 
 def _read_mapping(path: Path) -> dict:

@@ -154,3 +154,22 @@ def test_parquet_without_ids_gets_file_and_row_index_ids_that_resume(tmp_path):
     assert all(r["status"] == "ok" for r in got.values())
     # each id names its own row: the double's light comes from the image, so rows differ as their images do
     assert len({tuple(r["light"][:2]) for r in got.values()}) == 5
+
+
+def test_image_folder_on_s3_with_latents_on_s3(tmp_path, s3_bucket):
+    """The listing, the latents file and the actors' image reads all go through fsspec with the options."""
+    import s3fs
+
+    bucket, opts = s3_bucket
+    fs = s3fs.S3FileSystem(**opts)
+    for i, name in enumerate(["x/a.png", "x/y/b.png"]):
+        fs.pipe(f"{bucket}/imgs/{name}", png(i))
+    buf = io.BytesIO()
+    np.savez(buf, **{"x/a.png": np.asarray(latent(0), np.float32), "x/y/b.png": np.asarray(latent(1), np.float32)})
+    fs.pipe(f"{bucket}/latents.npz", buf.getvalue())
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    out = f"s3://{bucket}/out"
+    summary = run_job(job_config(f"s3://{bucket}/imgs/", out, bundle, latents=f"s3://{bucket}/latents.npz",
+                                 storage_options=opts, num_actors=1))
+    assert summary.complete and summary.ok == 2
+    assert sorted(ids_of(read_output(out, opts))) == ["x/a.png", "x/y/b.png"]

@@ -130,3 +130,20 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path):
     assert main([*argv[:-2], "fast=0.25", "--dry-run"]) == 2
     assert "holds results of a different run" in capsys.readouterr().err
     assert files_listing(str(out)) == before
+
+
+def test_legacy_format_checkpoints_are_checked_too(tiny_bundle, tmp_path):
+    """Old torch.save files cannot be memory-mapped; they are read whole and checked the same way."""
+    from recon.bundle import load_bundle
+    from recon.config import load_config
+    from recon.preflight import check_bundle_files
+
+    ckpt = torch.load(tiny_bundle.parent / "tiny_gan.pt", weights_only=True)
+    (tmp_path / "bundle.yaml").write_text((tiny_bundle.parent / "bundle.yaml").read_text())
+    torch.save(ckpt, tmp_path / "tiny_gan.pt", _use_new_zipfile_serialization=False)
+    config = load_config("synface", NO_LPIPS)
+    check_bundle_files(load_bundle(tmp_path / "bundle.yaml"), config)
+    del ckpt["g_ema"]["style.1.weight"]
+    torch.save(ckpt, tmp_path / "tiny_gan.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="generator state dict lacks 'style.1.weight'"):
+        check_bundle_files(load_bundle(tmp_path / "bundle.yaml"), config)
