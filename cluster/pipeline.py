@@ -565,9 +565,11 @@ def _stop_if_storage_is_down(store: OutputStore, unavailable: list[dict[str, Any
     if not unavailable:
         return
     left = [r["marker"] for r in unavailable if r.get("marker")]
+    log.error("storage stayed away past the retry bound on %d row(s); stopping (removing %d attempt marker(s) "
+              "the workers could not, for up to --storage-retry-max-seconds)", len(unavailable), len(left))
     if left:
         try:
-            _quick(store).remove(left)
+            store.remove(left)  # the full bound once more: a marker left behind would count as an attempt
         except Exception as exc:
             log.warning("could not remove %d attempt marker(s) while storage is down (%s); each counts one "
                         "attempt toward --max-attempts", len(left), exc)

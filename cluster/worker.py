@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from recon.retry import RetryPolicy, StorageUnavailable
+
 from .config import Columns
 from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
 from .schema import ResultError, RowContext, error_table, latent_table, result_table, table_to_parquet_bytes
 from .store import OutputStore
-from recon.retry import RetryPolicy, StorageUnavailable
 
 __all__ = ["ReconstructionWorker", "WorkerSettings", "WorkerSetupError", "load_reconstructor_class",
            "STATUS_SCHEMA"]
@@ -225,8 +226,14 @@ class ReconstructionWorker:
         else:
             # After a crash, run rows one by one, fewest earlier attempts first,
             # so rows batched with a poison row still get committed.
+            down: str | None = None
             for image_id, row, prev in sorted(pending, key=lambda p: p[2]):
+                if down is not None:  # one bound waited out per batch is enough: the driver stops on it
+                    statuses.append(self._unavailable(image_id, StorageUnavailable(down), None))
+                    continue
                 statuses.append(self._run_one(image_id, row, prev))
+                if statuses[-1]["status"] == "unavailable":
+                    down = statuses[-1]["error"]
         return pa.Table.from_pylist(statuses, schema=STATUS_SCHEMA)
 
     def _unavailable(self, image_id: str, exc: StorageUnavailable, marker: str | None) -> dict[str, Any]:
