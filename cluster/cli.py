@@ -11,6 +11,7 @@ import os
 import sys
 
 from .config import DEFAULT_RECONSTRUCTOR, Columns, JobConfig, SetupError, parse_key_values
+from .stopping import JobStopped
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -137,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # The job has already logged what it committed and cleaned up; a traceback would only bury that.
+    except JobStopped as exc:
+        # SIGTERM (`ray job stop`, Kubernetes) or Ctrl-C: the job has cut its rows in flight short,
+        # compacted and written the manifest; a traceback would only bury that. 143 / 130.
+        print(f"{exc}: committed rows are kept; re-run the same command to finish the others",
+              file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the job installed its handlers
         print("interrupted: committed rows are kept; re-run the same command to finish the others",
               file=sys.stderr)
         return 130
