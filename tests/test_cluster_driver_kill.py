@@ -164,6 +164,7 @@ def _wait_for(predicate, proc: subprocess.Popen, log_path: Path, what: str, time
         time.sleep(0.02)
 
 
+@pytest.mark.timeout(420)
 def test_sigterm_stops_the_driver_cleanly_at_any_moment(tmp_path):
     """SIGTERM (`ray job stop`, Kubernetes) to the driver alone: exit 143 by itself, no traceback,
     committed rows compacted and listed in the manifest, no marker left for a row cut short,
