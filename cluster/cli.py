@@ -13,6 +13,7 @@ import sys
 from recon.retry import StorageUnavailable
 
 from .config import DEFAULT_RECONSTRUCTOR, Columns, JobConfig, SetupError, parse_key_values
+from .stopping import JobStopped
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -208,13 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except JobStopped as exc:
+        # SIGTERM (`ray job stop`, Kubernetes) or Ctrl-C: the job has cut its rows in flight short,
+        # compacted and written the manifest; a traceback would only bury that. 143 / 130.
+        print(f"{exc}: committed rows are kept; re-run the same command to finish the others",
+              file=sys.stderr)
+        return exc.exit_code
     except StorageUnavailable as exc:
         # committed rows are kept; the rows cut short are neither error rows nor counted attempts
         print(f"error: {exc}; committed rows are kept, re-run the same command once storage is back",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        # The job has already logged what it committed and cleaned up; a traceback would only bury that.
+    except KeyboardInterrupt:  # Ctrl-C before the job installed its handlers
         print("interrupted: committed rows are kept; re-run the same command to finish the others",
               file=sys.stderr)
         return 130

@@ -36,6 +36,7 @@ from .inputs import ColumnKinds, InputSet, attach_companions, check_columns, res
 from .metrics import JobMetrics, ProgressReporter, format_duration
 from .planner import Plan, make_plan
 from .row_index import ROW_INDEX
+from .stopping import JobStopped, StopSignals
 from .store import OutputStore
 from .worker import WorkerSettings, WorkerSetupError, load_reconstructor_class
 
@@ -411,6 +412,15 @@ def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
     ``cfg.metrics_port`` > 0, served on ``cfg.metrics_host``.
     """
     t_start = time.monotonic()
+    stops = StopSignals()
+    stops.install()  # SIGTERM/SIGINT -> JobStopped (cluster.stopping); again after ray.init
+    try:
+        return _run_job(cfg, metrics, stops, t_start)
+    finally:
+        stops.restore()
+
+
+def _run_job(cfg: JobConfig, metrics: JobMetrics | None, stops: StopSignals, t_start: float) -> JobSummary:
     pre = preflight(cfg)
     plan = pre.plan
     summary = JobSummary(output=pre.store.url, fingerprint=pre.fingerprint, planned=plan.total,
@@ -434,7 +444,7 @@ def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
     setup_failed = False
     try:
         if plan.todo:
-            _execute(cfg, pre, summary, metrics, reporter)
+            _execute(cfg, pre, summary, metrics, reporter, stops)
     except StorageUnavailable as exc:
         # compacting and a manifest need the storage that is away; the next run does both
         setup_failed = True
@@ -448,10 +458,13 @@ def run_job(cfg: JobConfig, *, metrics: JobMetrics | None = None) -> JobSummary:
     finally:
         try:
             if not setup_failed:
-                _finish(cfg, pre, summary)
+                with stops.deferred():  # a signal now must not cut the compaction or the manifest short
+                    _finish(cfg, pre, summary)
         finally:
             if own_metrics:
                 metrics.stop()
+    if stops.received is not None and not summary.complete:
+        raise JobStopped(stops.received)  # arrived while finishing: still a stopped run
     summary.seconds = time.monotonic() - t_start
     reporter.maybe_log(force=True)
     state = "complete" if summary.complete else "NOT complete"
@@ -502,7 +515,7 @@ def _consume(cfg: JobConfig, pre: Preflight, ds, summary: JobSummary, metrics: J
 
 
 def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMetrics,
-             reporter: ProgressReporter) -> None:
+             reporter: ProgressReporter, stops: StopSignals) -> None:
     """Connect Ray, start the actor pool over the rows to do, consume results."""
     import ray
 
@@ -510,6 +523,8 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
 
     cpus_per_actor = cfg.cpus_per_actor or 1.0
     connected = _connect_ray(cfg, (cfg.num_actors or 1) * cpus_per_actor)
+    stops.install()  # ray.init replaced our SIGTERM handler with one that skips the cleanup
+    cut_short: list[str] = []
     try:
         device, num_actors = _size_pool(cfg, pre, connected)
         summary.device, summary.num_actors = device, num_actors
@@ -535,8 +550,9 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
                 _consume(cfg, pre, ds, summary, metrics, reporter)
             finished = True
         finally:
-            if not finished:  # Ctrl-C, SIGTERM (ray.init makes it SystemExit), an error: first, while it is quick
-                _forget_interrupted_attempts(pre.store, tracker)
+            if not finished:  # Ctrl-C, SIGTERM, an error: first, while it is quick
+                with stops.deferred():
+                    cut_short = _forget_interrupted_attempts(pre.store, tracker)
             poller.stop()
             metrics.set_live(in_flight=0, active_actors=0)  # the pool is gone
             reporter.in_flight = reporter.actors = 0
@@ -545,8 +561,13 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             except Exception:
                 pass
     finally:
-        if connected:
-            ray.shutdown()
+        with stops.deferred():
+            if connected:
+                ray.shutdown()
+            if cut_short:
+                # Again, now that the pool is gone: a worker announced its row before the stop
+                # but may have created the marker only after the first pass removed nothing.
+                _remove_markers(pre.store, cut_short)
 
 
 def _quick(store: OutputStore) -> OutputStore:
@@ -576,7 +597,7 @@ def _stop_if_storage_is_down(store: OutputStore, unavailable: list[dict[str, Any
     raise StorageUnavailable(f"{len(unavailable)} row(s) left uncommitted: {unavailable[0]['error']}")
 
 
-def _forget_interrupted_attempts(store: OutputStore, tracker) -> None:
+def _forget_interrupted_attempts(store: OutputStore, tracker) -> list[str]:
     """Remove the attempt markers of the rows this stopping driver cuts short.
 
     A driver that stops with rows in flight (Ctrl-C, SIGTERM from ``ray job
@@ -593,25 +614,30 @@ def _forget_interrupted_attempts(store: OutputStore, tracker) -> None:
     from .worker import HEARTBEAT_S
 
     try:
-        markers = ray.get(tracker.interrupted_markers.remote(3 * HEARTBEAT_S), timeout=5)
+        # stop() also makes the tracker refuse new rows, so no attempt starts after this list
+        markers = ray.get(tracker.stop.remote(3 * HEARTBEAT_S), timeout=5)
     except Exception as exc:  # tracker gone or restarted: the markers stay and count
         log.warning("could not list the rows in flight (%s); their attempts count toward --max-attempts", exc)
-        return
+        return []
     prefix = store.attempts_dir.rstrip("/") + "/"
-    store = _quick(store)
-    removed = 0
+    markers = [str(p) for p in markers if str(p).startswith(prefix)]
+    _remove_markers(store, markers)
+    if markers:
+        log.info("stopped with %d row(s) in flight; their attempts do not count toward --max-attempts",
+                 len(markers))
+    return markers
+
+
+def _remove_markers(store: OutputStore, markers: list[str]) -> None:
+    """Remove attempt markers one by one; a marker not (or no longer) there is fine."""
+    store = _quick(store)  # stopping: `ray job stop` allows seconds, not the full retry bound
     for path in markers:
-        if not str(path).startswith(prefix):
-            continue
         try:
             store.remove([path])
-            removed += 1
         except FileNotFoundError:
             pass
         except Exception as exc:
             log.warning("could not remove the attempt marker %s: %s", store.url_of(path), exc)
-    if removed:
-        log.info("stopped with %d row(s) in flight; their attempts do not count toward --max-attempts", removed)
 
 
 _ERROR_LINE = re.compile(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)

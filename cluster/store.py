@@ -123,10 +123,18 @@ class OutputStore:
                 return pq.read_table(fh, columns=columns)
         return self._retried(f"read {path}", read)
 
-    def record_attempt(self, image_id: str) -> str:
-        """Leave a marker saying an attempt on this row started (before any work); returns its path."""
+    def new_attempt_marker(self, image_id: str) -> str:
+        """A fresh marker path for an attempt on this row; nothing is written yet.
+
+        The worker tells the tracker this path before creating it, so a driver
+        that stops at any moment knows every marker it may have to remove.
+        """
         name = f"{uuid.uuid4().hex}-{socket.gethostname()}-{os.getpid()}"
-        path = join(self.attempt_dir(image_id), name)
+        return join(self.attempt_dir(image_id), name)
+
+    def record_attempt(self, image_id: str, marker: str | None = None) -> str:
+        """Leave a marker saying an attempt on this row started (before any work); returns its path."""
+        path = marker or self.new_attempt_marker(image_id)
         self._retried(f"mark an attempt on row {image_id}", create_exclusive, self.fs, path, b"",
                       tmp_dir=self.tmp_dir)
         return path

@@ -12,6 +12,12 @@ It also keeps the attempt marker of each running row, so a driver that stops
 attempts were cut short by the stop, not by the row (see
 ``cluster.pipeline._forget_interrupted_attempts``). Losing it only means they
 count, as after a killed driver.
+
+Workers announce a row (with the marker path they are about to create) and
+wait for the answer before they create the marker, so there is no moment when a
+marker exists that the tracker has not heard of. Once the driver has called
+:meth:`ProgressTracker.stop`, announcements are refused: no new attempt starts
+behind a stopping driver's back.
 """
 from __future__ import annotations
 
@@ -27,18 +33,23 @@ class ProgressTracker:
         self._running: dict[str, str] = {}  # image id -> worker id
         self._beats: dict[str, float] = {}  # worker id -> last heartbeat (monotonic)
         self._markers: dict[str, str] = {}  # image id -> attempt marker path of the running attempt
+        self._stopping = False
 
     def heartbeat(self, worker: str) -> None:
         self._beats[worker] = time.monotonic()
 
-    def started(self, worker: str, ids: list[str], markers: list[str] | None = None) -> None:
+    def started(self, worker: str, ids: list[str], markers: list[str] | None = None) -> bool:
+        """Record rows a worker starts; False (start nothing) once the driver is stopping."""
         self._beats[worker] = time.monotonic()
+        if self._stopping:
+            return False
         for i, marker in zip(ids, markers or [None] * len(ids)):
             self._running[i] = worker
             if marker:
                 self._markers[i] = marker
             else:
                 self._markers.pop(i, None)
+        return True
 
     def finished(self, worker: str, ids: list[str]) -> None:
         self._beats[worker] = time.monotonic()
@@ -55,6 +66,11 @@ class ProgressTracker:
         now = time.monotonic()
         alive = {w for w, t in self._beats.items() if now - t <= stale_after_s}
         return [self._markers[i] for i, w in self._running.items() if w in alive and i in self._markers]
+
+    def stop(self, stale_after_s: float) -> list[str]:
+        """Refuse further starts; return the markers of the rows cut short (see interrupted_markers)."""
+        self._stopping = True
+        return self.interrupted_markers(stale_after_s)
 
     def snapshot(self, stale_after_s: float) -> dict[str, int]:
         now = time.monotonic()

@@ -60,6 +60,8 @@ STATUS_SCHEMA = pa.schema([
 ])
 
 HEARTBEAT_S = 5.0
+#: How long a worker waits for the tracker to acknowledge a row before it starts it anyway.
+ANNOUNCE_TIMEOUT_S = 10.0
 
 
 class WorkerSetupError(RuntimeError):
@@ -67,6 +69,13 @@ class WorkerSetupError(RuntimeError):
 
     Deliberately not SystemExit: an actor that "exits" instead of raising can
     hang a fixed Ray Data pool (ray_pipeline.md §1.8, issue #62746).
+    """
+
+
+class JobStoppingError(RuntimeError):
+    """The driver is stopping (SIGTERM, Ctrl-C): the worker starts no new row.
+
+    Raised out of ``__call__``; the driver has already left the pipeline.
     """
 
 
@@ -195,6 +204,27 @@ class ReconstructionWorker:
             getattr(self.s.tracker, method).remote(self.worker_id, *args)
         except Exception:  # the tracker only feeds gauges; never fail a row for it
             pass
+
+    def _announce(self, ids: list[str], markers: list[str]) -> None:
+        """Tell the tracker which rows start and their marker paths, and wait for its answer.
+
+        Called before the markers exist, so a stopping driver knows of every
+        marker it may have to remove. Without a tracker (or if it cannot be
+        reached) the rows start anyway and their markers count, as after a
+        killed driver.
+        """
+        if self.s.tracker is None:
+            return
+        import ray
+
+        try:
+            accepted = ray.get(self.s.tracker.started.remote(self.worker_id, ids, markers),
+                               timeout=ANNOUNCE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("tracker unreachable (%s); rows %s start unannounced", exc, ids)
+            return
+        if accepted is False:
+            raise JobStoppingError(f"the driver is stopping; rows {ids} were not started")
 
     # -- per batch -------------------------------------------------------------
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -339,18 +369,13 @@ class ReconstructionWorker:
                 "warning": warning}
 
     def _run_one(self, image_id: str, row: dict[str, Any], previous: int) -> dict[str, Any]:
-        marker = None
-        try:
-            marker = self.store.record_attempt(image_id)  # before any work: a crash from here on counts
-            return self._attempt_one(image_id, row, previous, marker)
-        except StorageUnavailable as exc:
-            return self._unavailable(image_id, exc, marker)
-
-    def _attempt_one(self, image_id: str, row: dict[str, Any], previous: int, marker: str) -> dict[str, Any]:
         attempts = previous + 1
-        self._notify("started", [image_id], [marker])
+        # Announced before the marker exists, so a stopping driver knows every marker it may remove.
+        marker = self.store.new_attempt_marker(image_id)
+        self._announce([image_id], [marker])
         t0 = time.monotonic()
         try:
+            self.store.record_attempt(image_id, marker)  # before any work: a crash from here on counts
             try:
                 inst = self._instance(image_id, row)
                 extra = self._invert(inst) if inst["latent"] is None else {"latent_source": "input"}
@@ -367,6 +392,8 @@ class ReconstructionWorker:
                 return self._commit_error(image_id, error_message(exc), attempts=attempts,
                                           seconds=time.monotonic() - t0)
             return self._result_row(image_id, result, attempts, time.monotonic() - t0, extra)
+        except StorageUnavailable as exc:
+            return self._unavailable(image_id, exc, marker)
         finally:
             self._notify("finished", [image_id])
 
@@ -374,24 +401,25 @@ class ReconstructionWorker:
         """K rows through ``reconstruct_many`` (issue 7): one joint run per batch."""
         out: list[dict[str, Any]] = []
         ready: list[tuple[str, dict[str, Any]]] = []
-        markers: dict[str, str] = {}
-        for image_id, row, _ in pending:
-            try:
-                markers[image_id] = self.store.record_attempt(image_id)
-                try:
-                    ready.append((image_id, self._instance(image_id, row)))
-                except StorageUnavailable:
-                    raise
-                except Exception as exc:
-                    out.append(self._commit_error(image_id, error_message(exc), attempts=1, seconds=0.0))
-            except StorageUnavailable as exc:
-                out.append(self._unavailable(image_id, exc, markers.get(image_id)))
-        if not ready:
-            return out
-        ids = [i for i, _ in ready]
-        self._notify("started", ids, [markers[i] for i in ids])
-        t0 = time.monotonic()
+        announced = [image_id for image_id, _, _ in pending]
+        markers = {image_id: self.store.new_attempt_marker(image_id) for image_id in announced}
+        self._announce(announced, [markers[i] for i in announced])
         try:
+            for image_id, row, _ in pending:
+                try:
+                    self.store.record_attempt(image_id, markers[image_id])
+                    try:
+                        ready.append((image_id, self._instance(image_id, row)))
+                    except StorageUnavailable:
+                        raise
+                    except Exception as exc:
+                        out.append(self._commit_error(image_id, error_message(exc), attempts=1, seconds=0.0))
+                except StorageUnavailable as exc:
+                    out.append(self._unavailable(image_id, exc, markers[image_id]))
+            if not ready:
+                return out
+            ids = [i for i, _ in ready]
+            t0 = time.monotonic()
             try:
                 results = list(self.rec.reconstruct_many([inst for _, inst in ready]))
                 if len(results) != len(ready):
@@ -408,7 +436,7 @@ class ReconstructionWorker:
                 except StorageUnavailable as exc:
                     out.append(self._unavailable(image_id, exc, markers[image_id]))
         finally:
-            self._notify("finished", ids)
+            self._notify("finished", announced)
         return out
 
     def __del__(self) -> None:

@@ -7,6 +7,7 @@ committed result, and the output must hold every row once.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,3 +154,61 @@ def test_stopped_driver_does_not_count_as_a_worker_death(tmp_path):
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     row = read_output(str(out)).to_pylist()[0]
     assert (row["status"], row["error"], row["attempts"]) == ("ok", None, 1)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, log_path: Path, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{what} did not happen in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(420)
+def test_sigterm_stops_the_driver_cleanly_at_any_moment(tmp_path):
+    """SIGTERM (`ray job stop`, Kubernetes) to the driver alone: exit 143 by itself, no traceback,
+    committed rows compacted and listed in the manifest, no marker left for a row cut short,
+    also when the signal lands right as a row's marker appears (the worker announces the row
+    to the tracker before it writes the marker). The re-run finishes every row once, attempts 1."""
+    rows = good_rows(6)
+    write_dataset(str(tmp_path / "in"), rows)
+    bundle = write_bundle(str(tmp_path / "bundle.yaml"))
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": ray_env_pythonpath()}
+    command = _command(tmp_path / "in", out, bundle, logs)
+    command[command.index("--num-actors") + 1] = "1"
+    command[command.index("sleep_s=0.4")] = "sleep_s=0.8"
+    moments = {
+        "the moment the first marker appears": lambda: bool(list(out.glob("_attempts/*/*"))),
+        "after two more rows are committed": lambda: len(_committed_ids(out)) >= 2 + first_committed,
+    }
+    first_committed = 0
+    for k, (moment, ready) in enumerate(moments.items()):
+        log_path = tmp_path / f"run{k}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                _wait_for(ready, proc, log_path, moment)
+                proc.send_signal(signal.SIGTERM)  # the driver only, as `ray job stop` does
+                proc.wait(timeout=90)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        text = log_path.read_text()
+        assert proc.returncode == 143, f"{moment}: exit {proc.returncode}\n{text[-3000:]}"
+        assert "Traceback" not in text and "re-run the same command to finish the others" in text, text[-3000:]
+        assert not list(out.glob("_attempts/*/*")), f"{moment}: an attempt cut short still counts"
+        assert not list(out.glob("_staging/items/*/*")), f"{moment}: committed rows were not compacted"
+        manifest = json.loads((out / "_manifest.json").read_text())
+        in_shards = sum(pq.read_metadata(p).num_rows for p in out.glob("part-*.parquet"))
+        assert manifest["rows"] == in_shards and manifest["complete"] is False
+        first_committed = in_shards
+    assert 0 < first_committed < 6
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    table = read_output(str(out))
+    assert sorted(ids_of(table)) == sorted(r["image_id"] for r in rows)
+    assert set(table.column("attempts").to_pylist()) == {1}
