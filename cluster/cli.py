@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--invert", choices=("auto", "only"), default="auto",
                      help="auto: rows without a latent (column absent, null or empty) are inverted into W first; "
                           "only: write the latents (inverted or given) without reconstructing")
+    run.add_argument("--no-mesh", dest="meshes", action="store_false",
+                     help="leave mesh_glb null: store only the arrays, no textured mesh per row")
     run.add_argument("--seed", type=int, default=0, help="run seed; per-row seeds derive from it and the id")
     run.add_argument("--max-attempts", type=int, default=3,
                      help="a row whose worker died this many times becomes an error row")
@@ -176,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         allow_external_image_paths=args.allow_external_image_paths,
         storage_retries=args.storage_retries,
         storage_retry_max_seconds=args.storage_retry_max_seconds,
+        meshes=args.meshes,
     )
 
 

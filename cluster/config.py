@@ -96,6 +96,8 @@ class JobConfig:
     @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=int(self.storage_retries), max_seconds=float(self.storage_retry_max_seconds))
+    #: Write each ok row's textured mesh into ``mesh_glb``; False leaves the column null (arrays only).
+    meshes: bool = True
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):

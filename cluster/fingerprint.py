@@ -72,6 +72,8 @@ def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: s
     for name, default in (("crop", "none"), ("id_from", None), ("latents", None), ("masks", None)):
         if getattr(cfg, name) != default:
             fields[name] = getattr(cfg, name)
+    if not cfg.meshes:  # only when off, so fingerprints of runs with meshes stay as they were
+        fields["meshes"] = False
     preset_file = _preset_file_sha256(cfg.preset)
     if preset_file is not None:  # absent for named presets: their fingerprints stay as they were
         fields["preset_sha256"] = preset_file

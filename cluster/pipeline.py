@@ -535,7 +535,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             output_url=pre.store.url, columns=cfg.columns, input_protocol=pre.inputs.protocol,
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
-            invert=cfg.invert, crop=cfg.crop,
+            invert=cfg.invert, crop=cfg.crop, meshes=cfg.meshes,
             paths=PathPolicy(root=pre.inputs.root_url(), allow_external=cfg.allow_external_image_paths),
             retry=cfg.retry_policy,
         )

@@ -8,9 +8,10 @@ the "output state" of gan2shape_spec.md §8.1.
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -27,11 +28,12 @@ __all__ = [
     "result_table",
     "table_to_parquet_bytes",
     "png_bytes",
+    "camera_metadata",
 ]
 
 #: Bumped whenever a column is added, removed or changes meaning; part of the
 #: run fingerprint so old and new layouts never mix in one output folder.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PARQUET_COMPRESSION = "zstd"
 
@@ -50,13 +52,27 @@ class RowContext:
     config_hash: str
     recon_version: str
     run_fingerprint: str
+    #: Extra Parquet file metadata (key, value) pairs, e.g. from :func:`camera_metadata`.
+    file_metadata: tuple[tuple[str, str], ...] = ()
 
 
 def _tensor_type(dtype: pa.DataType, shape: list[int]) -> pa.DataType:
     return pa.fixed_shape_tensor(dtype, shape)
 
 
-def output_schema(image_size: int) -> pa.Schema:
+def camera_metadata(intrinsics: Any, method_settings: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """File metadata that lets any reader unproject ``view_depth`` / ``canonical_depth`` (README).
+
+    ``intrinsics``: a :class:`recon.export.CameraIntrinsics`; ``method_settings``: the resolved
+    method config (None when the reconstructor exposes none).
+    """
+    pairs = [("recon.camera", json.dumps(intrinsics.describe(), sort_keys=True))]
+    if method_settings is not None:
+        pairs.append(("recon.method_settings", json.dumps(dict(method_settings), sort_keys=True, default=str)))
+    return tuple(pairs)
+
+
+def output_schema(image_size: int, file_metadata: tuple[tuple[str, str], ...] = ()) -> pa.Schema:
     """Schema of one output row for square ``image_size`` results."""
     h = w = int(image_size)
     return pa.schema(
@@ -69,6 +85,7 @@ def output_schema(image_size: int) -> pa.Schema:
             pa.field("valid_mask", _tensor_type(pa.uint8(), [h, w])),
             pa.field("albedo_png", pa.binary()),
             pa.field("normal", _tensor_type(pa.float32(), [h, w, 3])),
+            pa.field("mesh_glb", pa.binary()),
             pa.field("light", pa.list_(pa.float32(), 4)),
             pa.field("view", pa.list_(pa.float32(), 6)),
             pa.field("latent_source", pa.string()),
@@ -85,7 +102,7 @@ def output_schema(image_size: int) -> pa.Schema:
             pa.field("recon_version", pa.string()),
             pa.field("run_fingerprint", pa.string()),
         ],
-        metadata={"recon.schema_version": str(SCHEMA_VERSION)},
+        metadata={"recon.schema_version": str(SCHEMA_VERSION), **dict(file_metadata)},
     )
 
 
@@ -139,12 +156,14 @@ def _provenance(ctx: RowContext) -> dict[str, Any]:
 
 
 def result_table(image_id: str, result: Any, ctx: RowContext, *, attempts: int, seconds: float,
-                 extra: Mapping[str, Any] | None = None) -> pa.Table:
+                 extra: Mapping[str, Any] | None = None,
+                 encode_mesh: Callable[[np.ndarray, bytes], bytes] | None = None) -> pa.Table:
     """One ``ok`` row from a :class:`recon.ReconstructionResult`.
 
     Raises :class:`ResultError` when an array has the wrong shape or holds NaN,
     or a final loss is not finite: such a row is stored as an error instead of
-    as silently wrong numbers.
+    as silently wrong numbers. ``encode_mesh(canonical_depth, albedo_png)`` fills
+    ``mesh_glb`` once the arrays are checked; without it the column is null.
     """
     n = int(ctx.image_size)
     canonical = _checked("canonical_depth", result.canonical_depth, (n, n)).astype(np.float32)
@@ -158,14 +177,16 @@ def result_table(image_id: str, result: Any, ctx: RowContext, *, attempts: int, 
     bad = sorted(k for k, v in losses.items() if not math.isfinite(v))
     if bad:
         raise ResultError(f"optimization diverged: final loss {', '.join(bad)} is not finite")
+    albedo_png = png_bytes(albedo)
     values = {
         "image_id": image_id,
         "status": "ok",
         "error": None,
+        "mesh_glb": encode_mesh(canonical, albedo_png) if encode_mesh is not None else None,
         "canonical_depth": canonical,
         "view_depth": view_depth,
         "valid_mask": valid,
-        "albedo_png": png_bytes(albedo),
+        "albedo_png": albedo_png,
         "normal": normal,
         "light": light.tolist(),
         "view": view.tolist(),
@@ -177,7 +198,7 @@ def result_table(image_id: str, result: Any, ctx: RowContext, *, attempts: int, 
         **dict(extra or {}),
         **_provenance(ctx),
     }
-    return _row(output_schema(n), values)
+    return _row(output_schema(n, ctx.file_metadata), values)
 
 
 def latent_table(image_id: str, ctx: RowContext, *, attempts: int, seconds: float,
@@ -185,7 +206,7 @@ def latent_table(image_id: str, ctx: RowContext, *, attempts: int, seconds: floa
     """One ``ok`` row of ``--invert only``: the latent columns, nulls in the reconstruction columns."""
     values = {"image_id": image_id, "status": "ok", "error": None, "iterations": 0, "seconds": float(seconds),
               "attempts": int(attempts), **dict(extra), **_provenance(ctx)}
-    return _row(output_schema(ctx.image_size), values)
+    return _row(output_schema(ctx.image_size, ctx.file_metadata), values)
 
 
 def error_table(image_id: str, message: str, ctx: RowContext, *, attempts: int, seconds: float) -> pa.Table:
@@ -199,7 +220,7 @@ def error_table(image_id: str, message: str, ctx: RowContext, *, attempts: int, 
         "attempts": int(attempts),
         **_provenance(ctx),
     }
-    return _row(output_schema(ctx.image_size), values)
+    return _row(output_schema(ctx.image_size, ctx.file_metadata), values)
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:

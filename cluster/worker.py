@@ -38,8 +38,11 @@ from .config import Columns
 from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
-from .schema import ResultError, RowContext, error_table, latent_table, result_table, table_to_parquet_bytes
+from .schema import (ResultError, RowContext, camera_metadata, error_table, latent_table, result_table,
+                     table_to_parquet_bytes)
+from .meshes import glb_from_arrays
 from .store import OutputStore
+from recon.export import CameraIntrinsics
 
 __all__ = ["ReconstructionWorker", "WorkerSettings", "WorkerSetupError", "load_reconstructor_class",
            "STATUS_SCHEMA"]
@@ -125,6 +128,13 @@ class WorkerSettings:
     crop: str = "none"  # "none" | "center" (cluster.decode.crop_to_square)
     paths: PathPolicy = field(default_factory=PathPolicy)  # where image-struct paths may point (issue 21)
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # storage blips (issue 21 finding 2)
+    meshes: bool = True  # fill mesh_glb on ok rows (issue 19)
+
+
+def _intrinsics(rec: Any, image_size: int) -> CameraIntrinsics:
+    """The camera the method renders with; reconstructors without a renderer use the reference's."""
+    renderer = getattr(rec, "renderer", None)
+    return CameraIntrinsics.from_renderer(renderer) if renderer is not None else CameraIntrinsics(image_size)
 
 
 def _latent_missing(value: Any) -> bool:
@@ -175,6 +185,8 @@ class ReconstructionWorker:
             raise WorkerSetupError(
                 f"preset {settings.preset!r} needs an object mask per image; pass --mask-column"
             )
+        self.intrinsics = _intrinsics(self.rec, self.image_size)
+        config = getattr(self.rec, "config", None)
         self.ctx = RowContext(
             image_size=self.image_size,
             device=str(getattr(self.rec, "device", settings.device)),
@@ -182,6 +194,7 @@ class ReconstructionWorker:
             config_hash=str(getattr(self.rec, "config_hash", "")),
             recon_version=settings.recon_version,
             run_fingerprint=settings.run_fingerprint,
+            file_metadata=camera_metadata(self.intrinsics, config.to_dict() if hasattr(config, "to_dict") else None),
         )
         self.store = OutputStore(settings.output_url, settings.storage_options, settings.retry)
         self._stop = threading.Event()
@@ -347,10 +360,17 @@ class ReconstructionWorker:
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             table = result_table(image_id, result, self.ctx, attempts=attempts,
-                                 seconds=float(getattr(result, "seconds", 0.0) or seconds), extra=extra)
+                                 seconds=float(getattr(result, "seconds", 0.0) or seconds), extra=extra,
+                                 encode_mesh=self._encode_mesh if self.s.meshes else None)
         except ResultError as exc:
             return self._commit_error(image_id, str(exc), attempts=attempts, seconds=seconds)
         return self._commit(image_id, table, dict(getattr(result, "step_seconds", {}) or {}))
+
+    def _encode_mesh(self, canonical_depth: np.ndarray, albedo_png: bytes) -> bytes:
+        try:
+            return glb_from_arrays(canonical_depth, albedo_png, self.intrinsics)
+        except ValueError as exc:  # a depth no camera can unproject (zero or negative)
+            raise ResultError(f"cannot build the mesh: {exc}") from exc
 
     def _invert(self, inst: dict[str, Any]) -> dict[str, Any]:
         """Invert the row's image into W (issue 8); returns the extra output columns."""
