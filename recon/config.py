@@ -81,6 +81,7 @@ class GAN2ShapeConfig:
     lr: float = 1e-4
     weight_decay: float = 5e-4
     lr_warmup: int = 0
+    net_width_divisor: int = 1
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_regular: float = 0.01
@@ -170,6 +171,9 @@ class GAN2ShapeConfig:
             raise ConfigError(f"fast must be > 0, got {self.fast}")
         if self.batchsize < 1:
             raise ConfigError("batchsize must be >= 1")
+        if self.net_width_divisor not in (1, 2, 4, 8):
+            raise ConfigError(f"net_width_divisor must be 1 (the reference's widths), 2, 4 or 8, "
+                              f"got {self.net_width_divisor}")
         if self.gan_chunk < 0:
             raise ConfigError(f"gan_chunk must be >= 0 (0 = automatic), got {self.gan_chunk}")
         if not self.min_depth < self.max_depth:

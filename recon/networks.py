@@ -85,19 +85,33 @@ class Widths:
         return channels * self.gn_base // self.nf
 
 
-def widths_for(image_size: int) -> Widths:
+def widths_for(image_size: int, width_divisor: int = 1) -> Widths:
     """Spec §2 width rule: ``nf = max(4096 // size, 16)``, ``gn_base = 8 if size ≥ 128 else 16``,
-    ``extra = log2(size) − 6``. Only powers of two from 64 up make a 4×4 bottleneck."""
+    ``extra = log2(size) − 6``. Only powers of two from 64 up make a 4×4 bottleneck.
+
+    ``width_divisor`` (1 = the reference) divides ``nf`` and ``gn_base`` alike, so every layer is
+    that many times narrower while a GroupNorm group keeps the reference's number of channels.
+    """
     if not isinstance(image_size, int) or isinstance(image_size, bool):
         raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
     if image_size < 64 or image_size & (image_size - 1):
         raise ValueError(f"image_size must be a power of two >= 64 (64, 128, 256, ...), got {image_size}")
+    nf, gn_base = max(4096 // image_size, 16), 8 if image_size >= 128 else 16
+    check_width_divisor(width_divisor, gn_base)
     return Widths(
         image_size=image_size,
-        nf=max(4096 // image_size, 16),
-        gn_base=8 if image_size >= 128 else 16,
+        nf=nf // width_divisor,
+        gn_base=gn_base // width_divisor,
         extra=int(math.log2(image_size)) - 6,
     )
+
+
+def check_width_divisor(width_divisor: int, gn_base: int = 8) -> None:
+    """A divisor must be a power of two that leaves at least one GroupNorm group (``gn_base`` 8 at 128px and up)."""
+    if isinstance(width_divisor, bool) or not isinstance(width_divisor, int):
+        raise TypeError(f"width_divisor must be an int, got {type(width_divisor).__name__}")
+    if width_divisor < 1 or width_divisor & (width_divisor - 1) or width_divisor > gn_base:
+        raise ValueError(f"width_divisor must be a power of two from 1 to {gn_base}, got {width_divisor}")
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Conv2d:
@@ -146,11 +160,12 @@ class EDDeconv(nn.Module):
         image_size: int,
         zdim: int = DEPTH_ZDIM,
         activation: str | None = None,
+        width_divisor: int = 1,
     ) -> None:
         super().__init__()
         if activation not in (None, "tanh"):
             raise ValueError(f"activation must be None or 'tanh', got {activation!r}")
-        w = widths_for(image_size)
+        w = widths_for(image_size, width_divisor)
         self.cin, self.cout, self.image_size, self.zdim = cin, cout, image_size, zdim
         c = [w.channels(k) for k in range(w.num_down)]  # widths after each down step
         gn = lambda ch: nn.GroupNorm(w.groups(ch), ch)  # noqa: E731  (one-liner keeps the tables readable)
@@ -199,9 +214,9 @@ class ConvEncoder(nn.Module):
     + ReLU to 1×1, a 1×1 conv to ``cout``, tanh, reshaped to (B, cout). No biases.
     """
 
-    def __init__(self, cin: int = 3, *, cout: int, image_size: int) -> None:
+    def __init__(self, cin: int = 3, *, cout: int, image_size: int, width_divisor: int = 1) -> None:
         super().__init__()
-        w = widths_for(image_size)
+        w = widths_for(image_size, width_divisor)
         self.cin, self.cout, self.image_size = cin, cout, image_size
         c = [w.channels(k) for k in range(w.num_down)]
         layers: list[nn.Module] = []
@@ -272,11 +287,12 @@ class ResEncoder(nn.Module):
         *,
         image_size: int,
         shortcut_sees_relu: bool = True,
+        width_divisor: int = 1,
     ) -> None:
         super().__init__()
-        w = widths_for(image_size)
+        w = widths_for(image_size, width_divisor)
         self.cin, self.cout, self.image_size = cin, cout, image_size
-        c = [w.channels(k, nf=RES_ENCODER_NF) for k in range(w.num_down)]
+        c = [w.channels(k, nf=RES_ENCODER_NF // width_divisor) for k in range(w.num_down)]
         layers: list[nn.Module] = [_down(cin, c[0])]
         layers += [
             ResBlockDown(c[k - 1], c[k], shortcut_sees_relu=shortcut_sees_relu) for k in range(1, w.num_down)
@@ -295,7 +311,7 @@ class ResEncoder(nn.Module):
         return self.network(x).reshape(x.shape[0], self.cout)
 
 
-_BUILD_OPTIONS = ("zdim", "shortcut_sees_relu")
+_BUILD_OPTIONS = ("zdim", "shortcut_sees_relu", "width_divisor")
 
 
 def build_networks(image_size: int, latent_dim: int = 512, **options: object) -> nn.ModuleDict:
@@ -305,21 +321,26 @@ def build_networks(image_size: int, latent_dim: int = 512, **options: object) ->
     ``netA`` (albedo, 3 channels, tanh), ``netV`` (view, 6), ``netL`` (light, 4),
     ``netEnc`` (E, ``latent_dim`` outputs, the StyleGAN2 W width).
 
-    Options: ``zdim`` (D/A bottleneck, default 256) and ``shortcut_sees_relu``
-    (E's in-place-ReLU quirk, default True = as the reference). Anything else is
-    a ``TypeError``, so a misspelt option never silently falls back to a default.
+    Options: ``zdim`` (D/A bottleneck, default 256), ``shortcut_sees_relu``
+    (E's in-place-ReLU quirk, default True = as the reference) and ``width_divisor``
+    (default 1 = the reference's widths; 2, 4, ... make every network, E's base width
+    and the default bottleneck that many times narrower, for CPU-sized demos). Anything
+    else is a ``TypeError``, so a misspelt option never silently falls back to a default.
     """
     unknown = sorted(set(options) - set(_BUILD_OPTIONS))
     if unknown:
         raise TypeError(f"build_networks got unknown options {unknown}; known: {list(_BUILD_OPTIONS)}")
-    zdim = int(options.get("zdim", DEPTH_ZDIM))  # type: ignore[arg-type]
+    divisor = options.get("width_divisor", 1)
+    check_width_divisor(divisor)  # type: ignore[arg-type]
+    zdim = int(options.get("zdim", DEPTH_ZDIM // divisor))  # type: ignore[arg-type,operator]
     quirk = bool(options.get("shortcut_sees_relu", True))
+    common = {"image_size": image_size, "width_divisor": divisor}
     return nn.ModuleDict(
         {
-            "netD": EDDeconv(cout=DEPTH_CHANNELS, image_size=image_size, zdim=zdim, activation=None),
-            "netA": EDDeconv(cout=ALBEDO_CHANNELS, image_size=image_size, zdim=zdim, activation="tanh"),
-            "netV": ConvEncoder(cout=VIEW_DIM, image_size=image_size),
-            "netL": ConvEncoder(cout=LIGHT_DIM, image_size=image_size),
-            "netEnc": ResEncoder(cout=latent_dim, image_size=image_size, shortcut_sees_relu=quirk),
+            "netD": EDDeconv(cout=DEPTH_CHANNELS, zdim=zdim, activation=None, **common),
+            "netA": EDDeconv(cout=ALBEDO_CHANNELS, zdim=zdim, activation="tanh", **common),
+            "netV": ConvEncoder(cout=VIEW_DIM, **common),
+            "netL": ConvEncoder(cout=LIGHT_DIM, **common),
+            "netEnc": ResEncoder(cout=latent_dim, shortcut_sees_relu=quirk, **common),
         }
     )

@@ -151,7 +151,8 @@ class Reconstructor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)  # construction-time weights are the same in every process
             nets = build_networks(cfg.image_size, latent_dim=self.latent_dim,
-                                  shortcut_sees_relu=cfg.encoder_shortcut_relu)
+                                  shortcut_sees_relu=cfg.encoder_shortcut_relu,
+                                  width_divisor=cfg.net_width_divisor)
         self.networks = {name: nets[name].to(self.device, dtype) for name in NETWORKS}
         self.pretrained = self.bundle.pretrained
         if self.pretrained:
@@ -160,7 +161,8 @@ class Reconstructor:
                 try:
                     self.networks[name].load_state_dict(states[name])
                 except RuntimeError as exc:
-                    raise ValueError(f"{self.pretrained}: {name} does not fit the {cfg.image_size}px networks: "
+                    raise ValueError(f"{self.pretrained}: {name} does not fit the {cfg.image_size}px networks of "
+                                     f"preset {self.preset_name!r} (net_width_divisor={cfg.net_width_divisor}): "
                                      f"{first_line(exc)}") from exc
         self.initial_state = {name: {k: v.detach().clone() for k, v in self.networks[name].state_dict().items()}
                               for name in NETWORKS}
