@@ -8,10 +8,15 @@ short schedule, and writes into ``./recon_output/``:
 * ``input/``: the Parquet dataset it made (image bytes, latent, mask);
 * ``results/``: the job's Parquet shards and ``_manifest.json``;
 * ``contact_sheet.png``: per row, input, albedo, normals, view depth (and the
-  true depth), plus the reconstruction rotated in yaw;
+  true depth), plus the reconstruction rotated in yaw, under drawn column labels;
+* ``demo_summary.json``: per row and on average, SIDE and MAD of the
+  reconstruction and of the ellipsoid-prior baseline given the true view.
 
-and prints the depth error of each row against the ground truth. Re-running
-reuses what is there (the job itself skips committed rows).
+The method runs with the ``demo`` preset (8x narrower networks, no weight
+decay, a short schedule) from the shipped joint pre-training
+``recon/synthetic/demo_pretrained.pth`` (rebuilt by ``scripts/pretrain_demo.py``).
+The ground truth is read only after the job, to score it. Re-running reuses
+what is there (the job itself skips committed rows).
 """
 from __future__ import annotations
 
@@ -29,8 +34,11 @@ __all__ = ["run_embedded_default", "DEMO_DIR"]
 
 DEMO_DIR = Path("recon_output")
 DEMO_ROWS = 6
-#: Short schedule: 2% of the synthetic preset's iterations, half-size batches.
-DEMO_OVERRIDES = {"fast": 0.02, "batchsize": 8}
+SUMMARY_NAME = "demo_summary.json"
+#: Column labels of the contact sheet, drawn above the columns.
+SHEET_YAWS = (-40.0, -20.0, 20.0, 40.0)
+SHEET_COLUMNS = ("input", "albedo", "normals", "view depth", "true depth") + tuple(f"yaw {y:+.0f}" for y in SHEET_YAWS)
+METRICS = ("side", "mad", "prior_side", "prior_mad")
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -66,36 +74,122 @@ def write_demo_dataset(folder: Path, bundle: Path, n: int = DEMO_ROWS) -> Path:
     return path
 
 
-def contact_sheet(results_dir: Path, bundle: Path, out: Path) -> tuple[Path, list[dict]]:
-    """Sheet of the committed rows and their SIDE/MAD against the synthetic ground truth."""
+def demo_bundle(folder: Path) -> Path:
+    """The synthetic instrument's bundle plus the shipped demo weights as its ``pretrained`` entry."""
+    import shutil
+
+    from recon.bundle import load_bundle, write_bundle
+    from recon.synthetic.bundle import build_synthetic_bundle
+    from recon.synthetic.demo_weights import DEMO_WEIGHTS
+
+    base = build_synthetic_bundle(folder, size=64)
+    weights = folder / DEMO_WEIGHTS.name
+    if not weights.is_file() or weights.read_bytes() != DEMO_WEIGHTS.read_bytes():
+        shutil.copyfile(DEMO_WEIGHTS, weights)
+    raw = dict(load_bundle(base).raw)
+    raw["pretrained"] = weights.name
+    raw["description"] = f"{raw.get('description', '')}; start weights: the shipped demo pre-training"
+    return write_bundle(folder / "demo.yaml", raw)
+
+
+def score_rows(rows: list[dict], truth: dict, cfg, renderer) -> list[dict]:
+    """SIDE/MAD of each committed row's view depth and of the ellipsoid prior given the true view.
+
+    ``truth`` maps image ids to their :class:`~recon.synthetic.dataset.SyntheticInstance`; it is
+    read here, after the job, and only to score. Error rows keep their status and message.
+    """
+    import torch
+
+    from recon.synthetic.evaluate import score_prior, score_view_depth
+
+    scores = []
+    for row in rows:
+        sample = truth.get(row["image_id"])
+        if row["status"] != "ok" or sample is None:
+            scores.append({"image_id": row["image_id"], "status": row["status"],
+                           "error": row["error"] if row["status"] != "ok" else "no ground truth for this id"})
+            continue
+        size = renderer.image_size
+        view_depth = torch.as_tensor(np.asarray(row["view_depth"], np.float32).reshape(1, size, size))
+        valid = torch.as_tensor(np.asarray(row["valid_mask"], np.float32).reshape(1, size, size))
+        method = score_view_depth(view_depth, valid, sample, renderer)
+        prior = score_prior(sample, cfg, renderer)
+        scores.append({"image_id": row["image_id"], "status": "ok", "side": method["side"], "mad": method["mad"],
+                       "prior_side": prior["side"], "prior_mad": prior["mad"]})
+    return scores
+
+
+def write_summary(scores: list[dict], path: Path) -> dict:
+    """``{"rows": [{image_id, side, mad, prior_side, prior_mad}], "mean": {...}}`` of the scored rows.
+
+    Raises ``ValueError`` when no row could be scored: a mean of nothing is no summary.
+    """
+    import json
+    import statistics
+
+    ok = [s for s in scores if s["status"] == "ok"]
+    if not ok:
+        raise ValueError("no row was reconstructed, so there is nothing to score")
+    summary = {"rows": [{"image_id": s["image_id"], **{m: s[m] for m in METRICS}} for s in ok],
+               "mean": {m: statistics.fmean(s[m] for s in ok) for m in METRICS}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _latent_dim(bundle: Path) -> int:
+    from recon.bundle import load_bundle
+    from recon.gan import load_gan
+
+    return int(load_gan(load_bundle(bundle).stylegan2).config.style_dim)
+
+
+def _labelled(sheet, cell: int, labels: tuple[str, ...]):
+    """The sheet under a header band with one label per column (PIL's default font)."""
+    from PIL import Image, ImageDraw
+
+    band = 16
+    out = Image.new("RGB", (sheet.width, sheet.height + band), "white")
+    out.paste(sheet, (0, band))
+    draw = ImageDraw.Draw(out)
+    for j, text in enumerate(labels):
+        width = draw.textlength(text)
+        draw.text((j * cell + max(0, (cell - width) / 2), 2), text, fill="black")
+    return out
+
+
+def contact_sheet(results_dir: Path, bundle: Path, out: Path, cfg=None) -> tuple[Path, list[dict]]:
+    """Sheet of the committed rows, and their scores (:func:`score_rows`) against the synthetic ground truth."""
     import pyarrow.dataset as pads
     import torch
     import torch.nn.functional as F
     from PIL import Image
 
     from recon.bundle import load_bundle
+    from recon.config import load_config
     from recon.gan import load_gan
     from recon.renderer import DepthRenderer
     from recon.synthetic.dataset import sample_instances
-    from recon.synthetic.metrics import depth_metrics, ground_truth_depth
+    from recon.synthetic.demo_weights import DEMO_PRESET
+    from recon.synthetic.metrics import ground_truth_depth
 
+    cfg = cfg or load_config(DEMO_PRESET)
     table = pads.dataset(str(results_dir), format="parquet").to_table().to_pylist()
     table.sort(key=lambda r: r["image_id"])
     gan = load_gan(load_bundle(bundle).stylegan2)
     truth = {f"synthetic-{s.seed}": s for s in sample_instances(gan, DEMO_ROWS)}
+    renderer = DepthRenderer(cfg.image_size, fov=cfg.fov, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
+                             rot_center_depth=cfg.rot_center_depth)
+    scores = score_rows(table, truth, cfg, renderer)
     cell = 96
-    yaws = (-40.0, -20.0, 20.0, 40.0)
-    sheet = Image.new("RGB", (cell * (5 + len(yaws)), cell * max(1, len(table))), "white")
-    scores = []
+    yaws = SHEET_YAWS
+    sheet = Image.new("RGB", (cell * len(SHEET_COLUMNS), cell * max(1, len(table))), "white")
     for i, row in enumerate(table):
         sample = truth.get(row["image_id"])
         tiles = [sample.image if sample is not None else np.zeros((64, 64, 3), np.uint8)]
-        if row["status"] != "ok":
-            scores.append({"image_id": row["image_id"], "status": row["status"], "error": row["error"]})
-        else:
+        if row["status"] == "ok":
             depth = np.asarray(row["canonical_depth"], np.float32).reshape(-1, int(math.isqrt(len(row["canonical_depth"]))))
             size = depth.shape[0]
-            renderer = DepthRenderer(size)
             vdepth = np.asarray(row["view_depth"], np.float32).reshape(size, size)
             valid = np.asarray(row["valid_mask"], np.uint8).reshape(size, size)
             normal = np.asarray(row["normal"], np.float32).reshape(size, size, 3)
@@ -106,10 +200,6 @@ def contact_sheet(results_dir: Path, bundle: Path, out: Path) -> tuple[Path, lis
             if sample is not None:
                 gt = ground_truth_depth(sample.truth.view_depth, sample.truth.mask)
                 tiles.append(gray(gt[0].numpy()))
-                m = depth_metrics(torch.from_numpy(vdepth)[None], torch.from_numpy(valid.astype(np.float32))[None],
-                                  gt, renderer)
-                scores.append({"image_id": row["image_id"], "status": "ok", "side": float(m["side"][0]),
-                               "mad": float(m["mad"][0])})
             else:
                 tiles.append(np.zeros_like(albedo))
             # the canonical albedo*shading, rotated in yaw about the pivot
@@ -130,13 +220,14 @@ def contact_sheet(results_dir: Path, bundle: Path, out: Path) -> tuple[Path, lis
         for j, tile in enumerate(tiles):
             sheet.paste(Image.fromarray(np.ascontiguousarray(tile)).resize((cell, cell)), (j * cell, i * cell))
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    _labelled(sheet, cell, SHEET_COLUMNS).save(out)
     return out, scores
 
 
 def run_embedded_default(folder: Path | str = DEMO_DIR) -> int:
     """Run the no-argument demo job; returns the process exit code."""
-    from recon.synthetic.bundle import build_synthetic_bundle
+    from recon.config import load_config
+    from recon.synthetic.demo_weights import DEMO_PRESET, check_demo_weights
 
     from .config import Columns, JobConfig
     from .pipeline import run_job
@@ -145,24 +236,38 @@ def run_embedded_default(folder: Path | str = DEMO_DIR) -> int:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     folder = Path(folder).resolve()
+    cfg = load_config(DEMO_PRESET)
     print(f"recon embedded default: a {DEMO_ROWS}-image synthetic dataset through the batch job on local Ray (CPU), "
-          f"short schedule {DEMO_OVERRIDES}; output in {folder}/")
+          f"preset {DEMO_PRESET!r} (8x narrower networks, weight_decay 0, iterations {cfg.total_iterations()}) "
+          f"from the shipped joint pre-training; output in {folder}/")
     start = time.monotonic()
-    bundle = build_synthetic_bundle(folder / "bundle", size=64)
+    bundle = demo_bundle(folder / "bundle")
+    check_demo_weights(cfg, latent_dim=_latent_dim(bundle))  # before Ray starts: a clear error, not 6 error rows
     inputs = write_demo_dataset(folder / "input", bundle)
-    cfg = JobConfig(input=str(inputs.parent), output=str(folder / "results"), bundle=str(bundle), preset="synthetic",
+    job = JobConfig(input=str(inputs.parent), output=str(folder / "results"), bundle=str(bundle), preset=DEMO_PRESET,
                     device="cpu", num_actors=min(2, os.cpu_count() or 1), cpus_per_actor=0.5,
-                    overrides=dict(DEMO_OVERRIDES), metrics_port=0, progress_interval_s=15.0,
-                    columns=Columns(mask="mask"))
-    summary = run_job(cfg)
-    sheet, scores = contact_sheet(folder / "results", bundle, folder / "contact_sheet.png")
+                    metrics_port=0, progress_interval_s=15.0, columns=Columns(mask="mask"))
+    summary = run_job(job)
+    job_seconds = time.monotonic() - start
+    sheet, scores = contact_sheet(folder / "results", bundle, folder / "contact_sheet.png", cfg)
+    # >>> report hook (issue 19, item 2): the lead calls the HTML report writer here, after the sheet. <<<
     print(f"\n{summary.ok} rows reconstructed this run ({summary.already_done} already done), "
-          f"{summary.error} errors, in {time.monotonic() - start:.0f}s")
+          f"{summary.error} errors, job {job_seconds:.0f}s")
+    print(f"{'':24s} {'SIDE x1e-2':>10s} {'MAD deg':>8s}   {'prior SIDE':>10s} {'prior MAD':>9s}  "
+          "(prior: the ellipsoid with the true view)")
     for s in scores:
         if s["status"] == "ok":
-            print(f"  {s['image_id']}: SIDE {s['side']:.2f} x1e-2, MAD {s['mad']:.1f} deg (vs ground truth)")
+            print(f"  {s['image_id']:22s} {s['side']:10.2f} {s['mad']:8.1f}   {s['prior_side']:10.2f} {s['prior_mad']:9.1f}")
         else:
             print(f"  {s['image_id']}: {s['status']}: {s['error']}")
+    code = 0 if summary.complete else 1
+    try:
+        result = write_summary(scores, folder / SUMMARY_NAME)
+    except ValueError as exc:
+        print(f"no summary: {exc}")
+        return 1
+    m = result["mean"]
+    print(f"  {'mean':22s} {m['side']:10.2f} {m['mad']:8.1f}   {m['prior_side']:10.2f} {m['prior_mad']:9.1f}")
     print(f"\nresults (Parquet): {folder / 'results'}\ncontact sheet:     {sheet}\n"
-          "columns of the sheet: input, albedo, normals, view depth, true depth, yaw -40/-20/+20/+40")
-    return 0 if summary.complete else 1
+          f"summary:           {folder / SUMMARY_NAME}")
+    return code

@@ -33,11 +33,17 @@ def _scores(pred: torch.Tensor, valid: torch.Tensor, inst: SyntheticInstance, re
     return {k: float(v[0]) for k, v in m.items()}
 
 
+def score_view_depth(view_depth: torch.Tensor, valid: torch.Tensor, inst: SyntheticInstance,
+                     renderer: DepthRenderer) -> dict:
+    """Metrics of a (1,S,S) view-space depth and its valid mask, e.g. read back from the job's rows."""
+    return _scores(view_depth, valid, inst, renderer)
+
+
 def score_result(result: ReconstructionResult, inst: SyntheticInstance, renderer: DepthRenderer) -> dict:
     """Metrics of the method's view-space depth (the protocol's prediction, spec §8.2)."""
     pred = torch.from_numpy(result.view_depth)[None]
     valid = torch.from_numpy(result.valid_mask.astype("float32"))[None]
-    return _scores(pred, valid, inst, renderer)
+    return score_view_depth(pred, valid, inst, renderer)
 
 
 def score_constant(inst: SyntheticInstance, renderer: DepthRenderer, depth: float = 1.0) -> dict:
