@@ -224,6 +224,17 @@ def contact_sheet(results_dir: Path, bundle: Path, out: Path, cfg=None) -> tuple
     return out, scores
 
 
+def _write_demo_report(folder: Path, inputs: Path) -> Path:
+    """The HTML report of the demo's results, with each row's input image beside its outputs."""
+    import pyarrow.parquet as pq
+
+    from .report import write_report
+
+    table = pq.read_table(inputs, columns=["image_id", "image"]).to_pylist()
+    return write_report(str(folder / "results"), folder / "report", rows=None,
+                        inputs={r["image_id"]: r["image"] for r in table})
+
+
 def run_embedded_default(folder: Path | str = DEMO_DIR) -> int:
     """Run the no-argument demo job; returns the process exit code."""
     from recon.config import load_config
@@ -250,7 +261,7 @@ def run_embedded_default(folder: Path | str = DEMO_DIR) -> int:
     summary = run_job(job)
     job_seconds = time.monotonic() - start
     sheet, scores = contact_sheet(folder / "results", bundle, folder / "contact_sheet.png", cfg)
-    # >>> report hook (issue 19, item 2): the lead calls the HTML report writer here, after the sheet. <<<
+    report = _write_demo_report(folder, inputs)
     print(f"\n{summary.ok} rows reconstructed this run ({summary.already_done} already done), "
           f"{summary.error} errors, job {job_seconds:.0f}s")
     print(f"{'':24s} {'SIDE x1e-2':>10s} {'MAD deg':>8s}   {'prior SIDE':>10s} {'prior MAD':>9s}  "
@@ -269,5 +280,5 @@ def run_embedded_default(folder: Path | str = DEMO_DIR) -> int:
     m = result["mean"]
     print(f"  {'mean':22s} {m['side']:10.2f} {m['mad']:8.1f}   {m['prior_side']:10.2f} {m['prior_mad']:9.1f}")
     print(f"\nresults (Parquet): {folder / 'results'}\ncontact sheet:     {sheet}\n"
-          f"summary:           {folder / SUMMARY_NAME}")
+          f"summary:           {folder / SUMMARY_NAME}\nreport:            {report} (open it in a browser)")
     return code

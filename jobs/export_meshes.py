@@ -1,0 +1,15 @@
+"""Write one mesh file per ok row: python jobs/export_meshes.py --results DIR --to DIR --format glb|obj|ply [--ids ...]"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Make `cluster` and `recon` importable when run from a checkout without `pip install -e .`.
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from cluster.report_cli import export_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(export_main())
