@@ -37,12 +37,14 @@ class PathPolicy:
     """Where paths inside image structs may point (issue 21 finding 5).
 
     ``root``: the input's root URL (the ``--input`` folder, a glob's fixed prefix, a single file's
-    folder); None means the folder of the row's Parquet file. ``allow_external``
-    (``--allow-external-image-paths``) lifts the rule.
+    folder); None means the folder of the row's Parquet file. ``also_under``: further roots the user
+    named on the command line (the ``--masks`` folder), trusted like ``--input`` itself.
+    ``allow_external`` (``--allow-external-image-paths``) lifts the rule.
     """
 
     root: str | None = None
     allow_external: bool = False
+    also_under: tuple[str, ...] = ()
     #: Reading a path survives storage blips within this bound; past it the row is not an error row
     #: but :class:`recon.retry.StorageUnavailable` (the job stops and a re-run does the row).
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -71,7 +73,7 @@ def _inside(url: str, root: str) -> bool:
     return where == top or where.startswith(top.rstrip("/") + "/")
 
 
-def check_contained(url: str, root: str | None, path: str, what: str) -> None:
+def check_contained(url: str, root: str | None, path: str, what: str, also_under: tuple[str, ...] = ()) -> None:
     """Refuse reading ``url`` (resolved from the row's ``path``) unless it lies under ``root``.
 
     A row's path is data, not configuration: left unchecked it makes a worker fetch any URL its
@@ -81,7 +83,7 @@ def check_contained(url: str, root: str | None, path: str, what: str) -> None:
     """
     if root is None:
         raise RowInputError(f"{what} path {path!r} cannot be checked: the row's input file is unknown")
-    if not _inside(url, root):
+    if not any(_inside(url, r) for r in (root, *also_under)):
         raise RowInputError(
             f"{what} path {path!r} resolves to {url}, outside the input root {root}: paths in image structs must "
             "stay under the input (same scheme, no '..' out of it, no absolute path elsewhere); "
@@ -105,7 +107,7 @@ def _encoded_bytes(value: Any, what: str, base_file_url: str | None,
         policy = paths or PathPolicy()
         if not policy.allow_external:
             root = policy.root or (posixpath.dirname(base_file_url) if base_file_url else None)
-            check_contained(url, root, str(path), what)
+            check_contained(url, root, str(path), what, policy.also_under)
         opts = {}
         if "://" in url and base_file_url and "://" in base_file_url \
                 and url.split("://", 1)[0] == base_file_url.split("://", 1)[0]:

@@ -55,6 +55,8 @@ class InputSet:
     latents: dict | None = None
     #: --masks of an image folder: {relative path without extension: mask URL}; None without the flag.
     masks: dict | None = None
+    #: The --masks folder as a URL: mask paths are read from under it (it came from the command line).
+    masks_root: str | None = None
 
     @property
     def protocol(self) -> str:
@@ -133,6 +135,8 @@ def attach_companions(inputs: InputSet, columns: Columns, latents: str | None, m
             inputs.latents = read_latents(latents, columns, inputs.storage_options)
         if masks:
             inputs.masks = index_masks(masks, inputs.storage_options)
+            fs, root = filesystem_for(masks, inputs.storage_options)
+            inputs.masks_root = to_url(fs, root)
     except InputError:
         raise
     except Exception as exc:

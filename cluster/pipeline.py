@@ -536,7 +536,8 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
             invert=cfg.invert, crop=cfg.crop, meshes=cfg.meshes,
-            paths=PathPolicy(root=pre.inputs.root_url(), allow_external=cfg.allow_external_image_paths),
+            paths=PathPolicy(root=pre.inputs.root_url(), allow_external=cfg.allow_external_image_paths,
+                             also_under=(pre.inputs.masks_root,) if pre.inputs.masks_root else ()),
             retry=cfg.retry_policy,
         )
         log.info("running %d rows on %d %s actor(s), %s CPU each, %d row(s) per call",

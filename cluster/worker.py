@@ -17,6 +17,7 @@ Every per-row failure becomes an ``error`` row: an exception escaping
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -310,7 +311,7 @@ class ReconstructionWorker:
         """Decode one row into the keyword arguments of ``reconstruct``."""
         cols = self.s.columns
         base = self._base_url(row)
-        paths = PathPolicy(self.s.paths.root, self.s.paths.allow_external, self.s.retry)
+        paths = dataclasses.replace(self.s.paths, retry=self.s.retry)
         image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options,
                              paths=paths)
         raw = row.get(cols.latent)

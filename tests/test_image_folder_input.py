@@ -89,7 +89,11 @@ def test_folder_of_images_with_latents_and_masks_resumes_exactly_once(tmp_path):
 
 
 def test_huggingface_imagefolder_export_needs_no_extra_column(tmp_path):
-    """``datasets`` imagefolder -> to_parquet: one image struct column, bytes null, absolute paths, no id."""
+    """``datasets`` imagefolder -> to_parquet: one image struct column, bytes null, absolute paths, no id.
+
+    The absolute paths point outside the input folder, so the user says they may be read
+    (``--allow-external-image-paths``; without it each row is an error row naming the flag).
+    """
     paths = []
     for i in range(3):
         path = tmp_path / "raw" / f"{i}.png"
@@ -101,9 +105,11 @@ def test_huggingface_imagefolder_export_needs_no_extra_column(tmp_path):
                              "label": pa.array([0, 1, 0], pa.int64())}), tmp_path / "hf" / "train-00000.parquet")
     bundle = write_bundle(str(tmp_path / "bundle.yaml"))
     out = str(tmp_path / "out")
-    summary = run_job(job_config(str(tmp_path / "hf"), out, bundle, id_from="image", num_actors=1, limit=2))
+    summary = run_job(job_config(str(tmp_path / "hf"), out, bundle, id_from="image", num_actors=1, limit=2,
+                                 allow_external_image_paths=True))
     assert summary.planned == 2
-    resumed = run_job(job_config(str(tmp_path / "hf"), out, bundle, id_from="image", num_actors=1))
+    resumed = run_job(job_config(str(tmp_path / "hf"), out, bundle, id_from="image", num_actors=1,
+                                 allow_external_image_paths=True))
     assert resumed.complete and (resumed.planned, resumed.already_done) == (3, 2)
     table = read_output(out)
     assert sorted(ids_of(table)) == sorted(paths)  # ids: the struct's paths, each once

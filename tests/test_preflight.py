@@ -25,15 +25,33 @@ def tiny_bundle(tmp_path_factory):
     return write_tiny_bundle(tmp_path_factory.mktemp("preflight_bundle"))
 
 
+_RAY_CALLS: list = []
+
+
+@pytest.fixture(autouse=True)
+def ray_connections(monkeypatch):
+    """Every attempt of the job to reach Ray (start or join one); the checks must fail before any."""
+    import cluster.pipeline
+
+    calls = _RAY_CALLS
+    calls.clear()
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("the job reached for Ray although preflight should have stopped it")
+
+    monkeypatch.setattr(cluster.pipeline, "_connect_ray", refuse)
+    return calls
+
+
 def _run(capsys, dataset, out, bundle, preset="synface", overrides=None, extra=()):
     sets = [a for k, v in (overrides or NO_LPIPS).items() for a in ("--set", f"{k}={v}")]
     t0 = time.monotonic()
     code = main(["--input", dataset, "--output", str(out), "--bundle", str(bundle), "--preset", preset,
                  "--device", "cpu", "--metrics-port", "0", *sets, *extra])
     seconds = time.monotonic() - t0
-    import ray
-
-    assert not ray.is_initialized()  # nothing of Ray was started
+    # nothing of Ray was reached (another module's session Ray may be up, so is_initialized() says nothing)
+    assert not _RAY_CALLS
     return code, capsys.readouterr().err, seconds
 
 
