@@ -25,16 +25,42 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from recon.retry import StorageUnavailable
+
+from .config import SetupError
 from .fsutil import is_local_fs
 from .identity import item_key
 from .schema import SCHEMA_VERSION, table_to_parquet_bytes
 from .store import OutputStore
 
-__all__ = ["CompactionReport", "OutputIndex", "compact", "write_manifest"]
+__all__ = ["CompactionReport", "DamagedOutputError", "OutputIndex", "check_staged_items", "compact",
+           "write_manifest"]
 
 log = logging.getLogger("recon.job")
 
 MANIFEST_FORMAT = "recon-output/1"
+
+#: Where the messages below suggest putting a damaged file: inside --output, but `_`-prefixed, so
+#: neither readers of the dataset nor the job's listings see it, and it stays at hand for a look.
+DAMAGED_DIR = "_damaged"
+
+
+class DamagedOutputError(SetupError):
+    """A shard or staged row under ``--output`` cannot be read back (truncated, overwritten, not ours).
+
+    A setup error (exit 2): the same command would meet the same file again, so the message names
+    the file and what to do instead of a traceback from the Parquet reader.
+    """
+
+
+def _unreadable(exc: BaseException) -> bool:
+    """True for a file that answered but holds no readable Parquet of ours; False for storage being away."""
+    return not isinstance(exc, (StorageUnavailable, FileNotFoundError, PermissionError, SetupError))
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}"
 
 
 @dataclass
@@ -64,9 +90,14 @@ class OutputIndex:
     def load(cls, store: OutputStore) -> "OutputIndex":
         index = cls(store)
         for number, path in store.shard_paths().items():
-            table = store.read_parquet(path, columns=["image_id", "status"])
-            ids = table.column("image_id").to_pylist()
-            statuses = table.column("status").to_pylist()
+            try:
+                table = store.read_parquet(path, columns=["image_id", "status"])
+                ids = table.column("image_id").to_pylist()
+                statuses = table.column("status").to_pylist()
+            except Exception as exc:
+                if not _unreadable(exc):
+                    raise
+                raise DamagedOutputError(_damaged_shard_message(store, path, exc)) from exc
             index._add_shard(number, path, ids, statuses)
         return index
 
@@ -101,8 +132,66 @@ class CompactionReport:
     stale_items_removed: int
 
 
+def _damaged_shard_message(store: OutputStore, path: str, exc: BaseException) -> str:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    rows = _manifest_rows(store, name)
+    # Moving it aside is enough: its ids are then in no shard, so the planner redoes them (a row whose
+    # staged item was not yet deleted is compacted from it instead of being redone).
+    what = f"its {rows} rows (per _manifest.json)" if rows is not None else "its rows"
+    return (f"shard {store.url_of(path)} is damaged and cannot be read ({_why(exc)}); move it aside "
+            f"(e.g. into {store.url}/{DAMAGED_DIR}/) and re-run the same command: {what} will be redone")
+
+
+def _manifest_rows(store: OutputStore, shard_name: str) -> int | None:
+    """Rows the manifest lists for one shard, if it lists it (it may be damaged too)."""
+    try:
+        manifest = json.loads(store.read_json_bytes(store.manifest_path) or b"")
+        return next(int(s["rows"]) for s in manifest["shards"] if s.get("path") == shard_name)
+    except Exception:
+        return None
+
+
+def _damaged_items_message(store: OutputStore, damaged: list[tuple[str, BaseException]]) -> str:
+    path, exc = damaged[0]
+    more = f" (and {len(damaged) - 1} more staged row(s) like it)" if len(damaged) > 1 else ""
+    return (f"staged row {store.url_of(path)} is damaged and cannot be read ({_why(exc)}){more}; move it aside "
+            f"(e.g. into {store.url}/{DAMAGED_DIR}/) or delete it and re-run the same command: "
+            f"{'that row' if len(damaged) == 1 else f'those {len(damaged)} rows'} will be redone")
+
+
 def _read_item(store: OutputStore, path: str) -> pa.Table:
-    return store.read_parquet(path)
+    try:
+        return store.read_parquet(path)
+    except Exception as exc:
+        if not _unreadable(exc):
+            raise
+        raise DamagedOutputError(_damaged_items_message(store, [(path, exc)])) from exc
+
+
+def check_staged_items(index: OutputIndex, staged: dict[str, str], threads: int = 8) -> None:
+    """Refuse to start over staged rows that cannot be read (raises :class:`DamagedOutputError`).
+
+    A staged item counts as committed, so the planner would skip its row and the run would only
+    fail at its end, when compaction reads the item. Only the Parquet footer of each item not
+    yet in a shard is read (a truncated or overwritten file has none); items whose row is
+    already in a shard are deleted unread by the next compaction, so they cannot hurt.
+    """
+    store = index.store
+    pending = sorted(path for key, path in staged.items() if key not in index.shard_keys)
+
+    def check(path: str) -> tuple[str, BaseException] | None:
+        try:
+            rows = store.parquet_rows(path)
+        except Exception as exc:
+            if not _unreadable(exc):
+                raise
+            return path, exc
+        return None if rows == 1 else (path, ValueError(f"{rows} rows where one row was written"))
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        damaged = [d for d in pool.map(check, pending) if d is not None]
+    if damaged:
+        raise DamagedOutputError(_damaged_items_message(store, damaged))
 
 
 def _remove_markers(store: OutputStore, keys: list[str]) -> None:

@@ -125,8 +125,15 @@ def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool, 
         raw = store.read_json_bytes(store.run_path)  # another driver won the race: check theirs
     try:
         existing = json.loads(raw or b"")
+        if not isinstance(existing, dict):
+            raise ValueError(f"a JSON {type(existing).__name__}, not the run record")
     except ValueError as exc:
-        raise SetupError(f"{store.url_of(store.run_path)} is not valid JSON; was it edited by hand? ({exc})") from exc
+        # Not rebuilt by itself: it is the only record of the settings the folder's rows were made with.
+        raise SetupError(
+            f"{store.url_of(store.run_path)} is damaged ({exc}); it records the settings of the rows in "
+            f"{store.url}: restore it, or if you are sure this command's settings are the ones those rows "
+            "were made with, move it aside and re-run (the run records its own), else use a new --output"
+        ) from exc
     if existing.get("fingerprint") == fp.digest:
         return [h["fingerprint"] for h in existing.get("history", [])]
     diffs = _differences(existing.get("fields", {}), json.loads(json.dumps(fp.fields, default=str)))

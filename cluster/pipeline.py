@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .compaction import OutputIndex, compact, write_manifest
+from .compaction import OutputIndex, check_staged_items, compact, write_manifest
 from recon.retry import RetryPolicy, StorageUnavailable
 
 from .config import JobConfig, SetupError
@@ -161,8 +161,9 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
     if earlier:
         log.warning("%s also holds rows from earlier fingerprints %s; new rows use %s",
                     cfg.output, ", ".join(earlier), fp.digest)
-    index = OutputIndex.load(store)
+    index = OutputIndex.load(store)  # a damaged shard: DamagedOutputError naming it (exit 2)
     staged = store.staged_items()
+    check_staged_items(index, staged)  # now, not when the end-of-run compaction reads them
     plan = make_plan(scanned, index, set(staged), cfg.limit)
     return Preflight(inputs, kinds, store, plan, index, fp.digest, version)
 

@@ -123,6 +123,15 @@ class OutputStore:
                 return pq.read_table(fh, columns=columns)
         return self._retried(f"read {path}", read)
 
+    def parquet_rows(self, path: str) -> int:
+        """Rows of one Parquet object from its footer alone (a cheap check that it is whole)."""
+        import pyarrow.parquet as pq
+
+        def footer() -> int:
+            with self.fs.open(path, "rb") as fh:
+                return pq.read_metadata(fh).num_rows
+        return self._retried(f"read {path}", footer)
+
     def new_attempt_marker(self, image_id: str) -> str:
         """A fresh marker path for an attempt on this row; nothing is written yet.
 
