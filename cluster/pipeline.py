@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import reaper
 from .compaction import OutputIndex, check_staged_items, compact, write_manifest
 from recon.retry import RetryPolicy, StorageUnavailable
 
@@ -241,8 +242,9 @@ def _connect_ray(cfg: JobConfig, want_cpus: float) -> bool:
     logical = max(4, (os.cpu_count() or 1) + 2, math.ceil(want_cpus) + 2)  # headroom: pitfall 24
     pythonpath = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
     try:
-        ray.init(num_cpus=logical, include_dashboard=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+        with _loopback_only():
+            context = ray.init(num_cpus=logical, include_dashboard=False,
+                               runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     except ValueError as exc:
         # A cluster started with `ray start` on this machine: ray.init() joins
         # it and refuses resource arguments. Join it as it is.
@@ -250,7 +252,60 @@ def _connect_ray(cfg: JobConfig, want_cpus: float) -> bool:
             raise
         log.info("joining the Ray cluster already running on this machine")
         ray.init()
+        return True
+    global _reaper
+    session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
+    _reaper = reaper.start(session_dir) if session_dir else None
     return True
+
+
+#: The watcher of the local Ray this driver started (cluster.reaper); None when joined or not Linux.
+_reaper: "reaper.Reaper | None" = None
+
+#: Ray's single-machine mode (the default on macOS and Windows), docs/batch_job.md "Local Ray on loopback".
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While the job starts its own local Ray: make Ray choose 127.0.0.1 as the node's address.
+
+    Ray 2.60 binds its gRPC servers (GCS, raylet, object manager, every worker) and its agents to
+    the node's address, and to loopback only when that address is loopback; otherwise to all
+    interfaces. ``ray.init(_node_ip_address="127.0.0.1")`` and ``ray start --node-ip-address``
+    turn 127.0.0.1 into the machine's outward address (``resolve_ip_for_localhost``); only the
+    single-machine mode keeps it. Ray reads that setting once, at import, into
+    ``ray_constants.ENABLE_RAY_CLUSTER``, so both are set for the duration of ``ray.init`` and
+    restored after: a later ``ray.init()`` that joins a cluster must advertise its real address.
+    The processes started meanwhile keep the setting in their environment, which is what we want.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
+
+
+def _shutdown_ray() -> None:
+    """``ray.shutdown()``, then let the reaper end whatever of the local Ray outlived it."""
+    import ray
+
+    global _reaper
+    try:
+        ray.shutdown()
+    finally:
+        if _reaper is not None:
+            _reaper.release()
+            _reaper = None
 
 
 def _resolve_device(requested: str, attached: bool) -> str:
@@ -565,7 +620,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
     finally:
         with stops.deferred():
             if connected:
-                ray.shutdown()
+                _shutdown_ray()
             if cut_short:
                 # Again, now that the pool is gone: a worker announced its row before the stop
                 # but may have created the marker only after the first pass removed nothing.
