@@ -81,7 +81,8 @@ def _below(roots: list[int]) -> set[int]:
 def session_processes(driver: int, session_dir: str) -> dict[int, int]:
     """``{pid: start time}`` of the Ray processes of ``session_dir`` below ``driver``."""
     mark = session_dir.encode()
-    roots = [k for k in _children(driver) if mark in _cmdline(k)]
+    me = os.getpid()  # named by its own command line too, and must not kill itself before the others
+    roots = [k for k in _children(driver) if k != me and mark in _cmdline(k)]
     out = {}
     for pid in _below(roots):
         stat = _stat(pid)
@@ -161,12 +162,14 @@ def start(session_dir: str) -> Reaper | None:
     if not Path("/proc/self/task").is_dir():
         return None
     read_end, write_end = os.pipe()
+    logs = Path(session_dir) / "logs"
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-S", "-I", str(Path(__file__).resolve()), str(os.getpid()), session_dir],
-            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            close_fds=True,
-        )
+        # Its errors, if any, go beside Ray's own logs of the session.
+        with open(logs / "recon_reaper.err" if logs.is_dir() else os.devnull, "ab") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-I", str(Path(__file__).resolve()), str(os.getpid()), session_dir],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, close_fds=True,
+            )
     finally:
         os.close(read_end)
     # Not inherited by anything the driver starts later, so only the driver's own end keeps it open.

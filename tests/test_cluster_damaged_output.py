@@ -93,6 +93,8 @@ def test_damaged_shard_is_named_and_moving_it_aside_redoes_its_rows(finished, tm
     assert line.startswith("error: shard ") and "part-00001.parquet is damaged" in line, line
     assert f"move it aside (e.g. into {out}/_damaged/)" in line and f"its {PER_SHARD} rows" in line, line
 
+    if damage != "truncated":
+        return  # the re-run below is the same for any damage; once is enough on 2 cores
     (out / "_damaged").mkdir()
     shard.rename(out / "_damaged" / shard.name)  # what the message says
     summary = run_job(_cfg(root, out, bundle))

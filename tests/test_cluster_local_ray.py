@@ -142,7 +142,7 @@ def killed_run(tmp_path_factory):
             os.kill(proc.pid, signal.SIGKILL)  # the driver alone
             proc.wait()
             t0 = time.monotonic()
-            while any(_alive(p) for p in ray_pids) and time.monotonic() - t0 < 30:
+            while any(_alive(p) for p in ray_pids) and time.monotonic() - t0 < 15:  # Ray alone: 60-120 s
                 time.sleep(0.2)
             left = {p: tree[p] for p in ray_pids if _alive(p)}
             gone_after = time.monotonic() - t0
