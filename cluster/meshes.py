@@ -73,7 +73,13 @@ def write_mesh_file(glb: bytes, folder: Path, stem: str, fmt: str) -> list[Path]
                                visual=colours, process=False)
         target.write_bytes(mesh.export(file_type="ply"))
         return [target]
-    mesh.visual.material.name = stem  # names the texture file, so rows sharing a folder do not collide
+    # MTL viewers multiply map_Kd by Kd, and trimesh's conversion of the glTF material writes its
+    # default Kd of 0.4, which would show the albedo at 40% brightness: a white Kd/Ka and no
+    # specular keep the texture as stored. The name also names the texture file, so rows sharing
+    # a folder do not collide.
+    mesh.visual.material = trimesh.visual.material.SimpleMaterial(
+        image=mesh.visual.material.baseColorTexture, diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255),
+        specular=(0, 0, 0, 255), name=stem)
     text, extras = trimesh.exchange.obj.export_obj(mesh, include_normals=True, include_texture=True,
                                                    mtl_name=f"{stem}.mtl", return_texture=True)
     target.write_text(text)

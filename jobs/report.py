@@ -9,7 +9,7 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from cluster.report_cli import report_main  # noqa: E402
+from cluster.report_cli import exit_now, report_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(report_main())
+    exit_now(report_main())

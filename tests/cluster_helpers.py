@@ -174,3 +174,50 @@ def iter_pids(log_dir: str | os.PathLike) -> Iterable[int]:
 
     for f in Path(log_dir).glob("init-*.json"):
         yield json.loads(f.read_text())["pid"]
+
+
+# ----------------------------------------------------------------------------- a finished run
+#: Rows of :func:`tiny_results`: two ok rows and two corrupt images whose bytes have the same
+#: length, so both get the same error message (the report groups them).
+TINY_OK = ("img-000", "img-001")
+TINY_BAD = {"bad-a": b"not an image", "bad-b": b"NOT AN IMAGE"}
+TINY_SIZE = 16
+
+
+def smooth_png(seed: int, size: int = 20) -> bytes:
+    """A soft coloured blob on a gradient: the test double turns brightness into depth, so a smooth
+    image gives a smooth surface (random noise would give a spiky one that no shading check suits)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    cy, cx = rng.uniform(0.35, 0.65, size=2)
+    blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 0.08)
+    colour = rng.uniform(0.3, 1.0, size=3)
+    rgb = 0.15 + 0.25 * x[..., None] + 0.6 * blob[..., None] * colour
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def tiny_rows() -> list[dict[str, Any]]:
+    rows = [{"image_id": rid, "image": smooth_png(i), "latent": latent(i)} for i, rid in enumerate(TINY_OK)]
+    rows += [{"image_id": k, "image": v, "latent": latent(90 + i)} for i, (k, v) in enumerate(TINY_BAD.items())]
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_results(ray_session, tmp_path_factory) -> str:
+    """One finished job (test double, 16 px, meshes on) shared by the mesh, export and report tests.
+
+    One run per session rather than per module: a job takes 20-30 s on the 2-core box, and the
+    three modules only read its output. ``sleep_s`` gives each row a measurable time (the
+    double splits it over step1 and step2), so the report's timing lines hold real numbers.
+    """
+    from cluster.pipeline import run_job
+
+    root = tmp_path_factory.mktemp("tiny_results")
+    write_dataset(str(root / "in"), tiny_rows())
+    bundle = write_bundle(str(root / "bundle.yaml"), image_size=TINY_SIZE)
+    out = str(root / "out")
+    summary = run_job(job_config(str(root / "in"), out, bundle, overrides={"sleep_s": 0.2}))
+    assert summary.complete and summary.ok == len(TINY_OK) and summary.error == len(TINY_BAD), summary
+    return out

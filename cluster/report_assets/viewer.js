@@ -56,6 +56,10 @@
         ctx.stroke();  // closes the hairline gaps between neighbouring triangles
       }
       canvas.setAttribute("data-drawn", String(m));
+      // where it drew, in page pixels: lets a headless browser test find the view in a screenshot
+      var box = canvas.getBoundingClientRect();
+      canvas.setAttribute("data-rect", [box.left + window.scrollX, box.top + window.scrollY, box.width,
+                                        box.height].map(Math.round).join(","));
     }
 
     var dragging = false, lastX = 0, lastY = 0;
@@ -77,11 +81,12 @@
   }
 
   window.addEventListener("load", function () {
-    var canvases = document.querySelectorAll("canvas[data-mesh]");
+    var canvases = document.querySelectorAll("canvas[data-mesh]"), drawn = 0;
     for (var i = 0; i < canvases.length; i++) {
       var mesh = (window.RECON_MESHES || {})[canvases[i].getAttribute("data-mesh")];
-      if (mesh) setup(canvases[i], mesh);
+      if (mesh) { setup(canvases[i], mesh); drawn++; }
+      else console.error("recon viewer: no mesh data for " + canvases[i].getAttribute("data-mesh"));
     }
-    console.log("recon viewer: " + canvases.length + " mesh view(s) drawn");
+    console.log("recon viewer: " + drawn + " mesh view(s) drawn");
   });
 })();
