@@ -160,7 +160,7 @@ def _labelled(sheet, cell: int, labels: tuple[str, ...]):
 
 def contact_sheet(results_dir: Path, bundle: Path, out: Path, cfg=None) -> tuple[Path, list[dict]]:
     """Sheet of the committed rows, and their scores (:func:`score_rows`) against the synthetic ground truth."""
-    import pyarrow.dataset as pads
+    from .results import read_results
     import torch
     import torch.nn.functional as F
     from PIL import Image
@@ -174,8 +174,8 @@ def contact_sheet(results_dir: Path, bundle: Path, out: Path, cfg=None) -> tuple
     from recon.synthetic.metrics import ground_truth_depth
 
     cfg = cfg or load_config(DEMO_PRESET)
-    table = pads.dataset(str(results_dir), format="parquet").to_table().to_pylist()
-    table.sort(key=lambda r: r["image_id"])
+    # read_results restores the flat tensors this code reshapes (nested lists on disk, schema v4)
+    table = read_results(str(results_dir)).to_pylist()
     gan = load_gan(load_bundle(bundle).stylegan2)
     truth = {f"synthetic-{s.seed}": s for s in sample_instances(gan, DEMO_ROWS)}
     renderer = DepthRenderer(cfg.image_size, fov=cfg.fov, min_depth=cfg.min_depth, max_depth=cfg.max_depth,

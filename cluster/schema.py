@@ -1,9 +1,21 @@
 """The output row: Arrow schema and one-row tables for ok and error results.
 
-Array columns use Arrow's canonical ``fixed_shape_tensor`` extension type (not
-Ray's tensor type), so any Arrow reader gets shaped tensors without Ray
-(ray_pipeline.md §2.4 "Output schema", pitfall 14). The per-image outputs are
-the "output state" of gan2shape_spec.md §8.1.
+On disk (schema version 4) every column has a type that Hugging Face ``datasets``
+can load from the Parquet files alone, because ``datasets.load_dataset("parquet")``
+refuses the whole file on one column it cannot map (measured with datasets 5.2:
+``arrow.fixed_shape_tensor`` and ``map<string, double>`` are both refused):
+
+* array columns are nested lists (``list<list<float>>``, one level per axis) tagged as
+  ``datasets``' ``Array2D`` / ``Array3D`` extension type through Arrow's field metadata
+  (``ARROW:extension:name`` / ``ARROW:extension:metadata``, the documented IPC form of an
+  extension type), so this module needs no ``datasets`` import; nested lists also keep the
+  shape for pandas, polars and DuckDB, which saw flat vectors in the old layout;
+* ``map`` columns are stored as their own storage type, ``list<struct<key, value>>``;
+* the schema metadata holds ``huggingface`` (the features ``datasets`` reads) and
+  ``recon.tensors`` / ``recon.maps``, from which :func:`cluster.results.restore_types`
+  gives Arrow users back ``fixed_shape_tensor`` and ``map`` columns.
+
+The per-image outputs are the "output state" of gan2shape_spec.md §8.1.
 """
 from __future__ import annotations
 
@@ -25,15 +37,23 @@ __all__ = [
     "error_table",
     "latent_table",
     "output_schema",
+    "logical_schema",
     "result_table",
     "table_to_parquet_bytes",
     "png_bytes",
     "camera_metadata",
 ]
 
-#: Bumped whenever a column is added, removed or changes meaning; part of the
-#: run fingerprint so old and new layouts never mix in one output folder.
-SCHEMA_VERSION = 3
+#: Bumped whenever a column is added, removed or changes meaning or on-disk type; part of
+#: the run fingerprint so old and new layouts never mix in one output folder. 4: array and
+#: map columns stored as datasets-loadable nested lists (module doc); 3 and older wrote
+#: ``fixed_shape_tensor`` and ``map`` directly (``cluster.results`` reads both).
+SCHEMA_VERSION = 4
+
+#: Schema metadata keys that describe the stored layout (JSON values).
+TENSORS_KEY = "recon.tensors"
+MAPS_KEY = "recon.maps"
+HF_KEY = "huggingface"
 
 PARQUET_COMPRESSION = "zstd"
 
@@ -56,8 +76,70 @@ class RowContext:
     file_metadata: tuple[tuple[str, str], ...] = ()
 
 
-def _tensor_type(dtype: pa.DataType, shape: list[int]) -> pa.DataType:
-    return pa.fixed_shape_tensor(dtype, shape)
+_HF_ARRAY_TYPES = {2: "Array2D", 3: "Array3D"}
+#: map<string, double> columns as their storage type (module doc)
+_KEY_VALUE = pa.list_(pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.float64())]))
+
+
+def _dtype_name(dtype: pa.DataType) -> str:
+    """numpy's name of an Arrow value type (``float32``, ``uint8``), the name datasets uses."""
+    return np.dtype(dtype.to_pandas_dtype()).name
+
+
+def _nested_list_type(dtype: pa.DataType, ndim: int) -> pa.DataType:
+    t = dtype
+    for _ in range(ndim):
+        t = pa.list_(t)
+    return t
+
+
+def _tensor_field(name: str, dtype: pa.DataType, shape: list[int]) -> pa.Field:
+    """An array column as datasets' ArrayND extension: nested lists plus the extension tags.
+
+    The tag strings are datasets' own (``datasets.features.features.Array2DExtensionType``,
+    serialised as the JSON ``[shape, dtype]``); a reader that has imported datasets gets the
+    extension type back, any other reader gets the nested lists.
+    """
+    kind = _HF_ARRAY_TYPES[len(shape)]
+    return pa.field(name, _nested_list_type(dtype, len(shape)), metadata={
+        b"ARROW:extension:name": f"datasets.features.features.{kind}ExtensionType".encode(),
+        b"ARROW:extension:metadata": json.dumps([list(shape), _dtype_name(dtype)]).encode(),
+    })
+
+
+def _tensor_columns(h: int, w: int) -> dict[str, tuple[pa.DataType, list[int]]]:
+    return {
+        "canonical_depth": (pa.float32(), [h, w]),
+        "view_depth": (pa.float32(), [h, w]),
+        "valid_mask": (pa.uint8(), [h, w]),
+        "normal": (pa.float32(), [h, w, 3]),
+    }
+
+
+_MAP_COLUMNS = ("final_losses", "step_seconds")
+
+
+def _hf_feature(field: pa.Field) -> dict[str, Any]:
+    """The ``datasets`` feature (``Features.to_dict`` form) that loads ``field`` as stored."""
+    meta = field.metadata or {}
+    if b"ARROW:extension:name" in meta:
+        shape, dtype = json.loads(meta[b"ARROW:extension:metadata"])
+        return {"shape": shape, "dtype": dtype, "_type": _HF_ARRAY_TYPES[len(shape)]}
+    return _hf_type(field.type)
+
+
+def _hf_type(t: pa.DataType) -> dict[str, Any]:
+    if pa.types.is_fixed_size_list(t):
+        return {"feature": _hf_type(t.value_type), "length": t.list_size, "_type": "List"}
+    if pa.types.is_list(t):
+        return {"feature": _hf_type(t.value_type), "_type": "List"}
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _hf_type(t.field(i).type) for i in range(t.num_fields)}
+    names = {pa.string(): "string", pa.binary(): "binary", pa.float32(): "float32", pa.float64(): "float64",
+             pa.int32(): "int32", pa.int64(): "int64", pa.uint8(): "uint8"}
+    if t not in names:
+        raise TypeError(f"no Hugging Face feature written for Arrow type {t}")
+    return {"dtype": names[t], "_type": "Value"}
 
 
 def camera_metadata(intrinsics: Any, method_settings: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
@@ -75,16 +157,37 @@ def camera_metadata(intrinsics: Any, method_settings: Mapping[str, Any] | None) 
 def output_schema(image_size: int, file_metadata: tuple[tuple[str, str], ...] = ()) -> pa.Schema:
     """Schema of one output row for square ``image_size`` results."""
     h = w = int(image_size)
+    tensors = _tensor_columns(h, w)
+    fields = [
+        _tensor_field(f.name, *tensors[f.name]) if f.name in tensors
+        else pa.field(f.name, _KEY_VALUE) if f.name in _MAP_COLUMNS else f
+        for f in logical_schema(h)
+    ]
+    hf = {"info": {"features": {f.name: _hf_feature(f) for f in fields}}}
+    metadata = {
+        "recon.schema_version": str(SCHEMA_VERSION),
+        TENSORS_KEY: json.dumps({k: {"shape": shape, "dtype": _dtype_name(dtype)} for k, (dtype, shape) in tensors.items()}),
+        MAPS_KEY: json.dumps(list(_MAP_COLUMNS)),
+        HF_KEY: json.dumps(hf),
+        **dict(file_metadata),
+    }
+    return pa.schema(fields, metadata=metadata)
+
+
+def logical_schema(image_size: int) -> pa.Schema:
+    """The columns as Arrow users get them from :func:`cluster.results.read_results`:
+    ``fixed_shape_tensor`` arrays and ``map`` columns (what versions 1-3 stored)."""
+    h = w = int(image_size)
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
             pa.field("status", pa.string(), nullable=False),
             pa.field("error", pa.string()),
-            pa.field("canonical_depth", _tensor_type(pa.float32(), [h, w])),
-            pa.field("view_depth", _tensor_type(pa.float32(), [h, w])),
-            pa.field("valid_mask", _tensor_type(pa.uint8(), [h, w])),
+            pa.field("canonical_depth", pa.fixed_shape_tensor(pa.float32(), [h, w])),
+            pa.field("view_depth", pa.fixed_shape_tensor(pa.float32(), [h, w])),
+            pa.field("valid_mask", pa.fixed_shape_tensor(pa.uint8(), [h, w])),
             pa.field("albedo_png", pa.binary()),
-            pa.field("normal", _tensor_type(pa.float32(), [h, w, 3])),
+            pa.field("normal", pa.fixed_shape_tensor(pa.float32(), [h, w, 3])),
             pa.field("mesh_glb", pa.binary()),
             pa.field("light", pa.list_(pa.float32(), 4)),
             pa.field("view", pa.list_(pa.float32(), 6)),
@@ -102,8 +205,7 @@ def output_schema(image_size: int, file_metadata: tuple[tuple[str, str], ...] = 
             pa.field("config_hash", pa.string()),
             pa.field("recon_version", pa.string()),
             pa.field("run_fingerprint", pa.string()),
-        ],
-        metadata={"recon.schema_version": str(SCHEMA_VERSION), **dict(file_metadata)},
+        ]
     )
 
 
@@ -116,13 +218,29 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _tensor_array(value: np.ndarray | None, type_: pa.DataType) -> pa.Array:
-    """One-element fixed_shape_tensor array (null when ``value`` is None)."""
+def _tensor_array(value: np.ndarray | None, field: pa.Field) -> pa.Array:
+    """One-element nested-list array of an array column (null when ``value`` is None)."""
     if value is None:
-        return pa.nulls(1, type_)
-    flat = np.ascontiguousarray(value).reshape(-1)
-    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=type_.value_type), flat.size)
-    return pa.ExtensionArray.from_storage(type_, storage)
+        return pa.nulls(1, field.type)
+    shape, dtype = json.loads(field.metadata[b"ARROW:extension:metadata"])
+    arr = np.ascontiguousarray(value, dtype=dtype)
+    if list(arr.shape) != list(shape):
+        raise ResultError(f"{field.name} has shape {arr.shape}, the schema says {tuple(shape)}")
+    out: pa.Array = pa.array(arr.reshape(-1))
+    # innermost axis first: each level groups the previous one into lists of that axis' length
+    count = arr.size
+    for size in reversed(shape):
+        count //= size
+        out = pa.ListArray.from_arrays(pa.array(np.arange(count + 1, dtype=np.int32) * size), out)
+    return out
+
+
+def _key_value_array(value: Any) -> pa.Array:
+    """One-element list<struct<key, value>> from (key, value) pairs (null when None)."""
+    if value is None:
+        return pa.nulls(1, _KEY_VALUE)
+    pairs = value.items() if isinstance(value, Mapping) else value
+    return pa.array([[{"key": str(k), "value": float(v)} for k, v in pairs]], type=_KEY_VALUE)
 
 
 def _checked(name: str, value: Any, shape: tuple[int, ...], *, finite: bool = True) -> np.ndarray:
@@ -139,8 +257,10 @@ def _row(schema: pa.Schema, values: Mapping[str, Any]) -> pa.Table:
     arrays = []
     for field in schema:
         v = values.get(field.name)
-        if isinstance(field.type, pa.FixedShapeTensorType):
-            arrays.append(_tensor_array(v, field.type))
+        if field.metadata and b"ARROW:extension:name" in field.metadata:
+            arrays.append(_tensor_array(v, field))
+        elif field.type == _KEY_VALUE:
+            arrays.append(_key_value_array(v))
         else:
             arrays.append(pa.array([v], type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cluster.config import Columns, JobConfig
 from cluster.fsutil import filesystem_for
+from cluster.results import restore_types
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -99,10 +100,11 @@ def job_config(input_url: str, output_url: str, bundle: str, *, reconstructor: s
 
 # ----------------------------------------------------------------------------- output
 def read_output(url: str, storage_options: dict | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read ``--output`` the way a user would: as a pyarrow dataset of the folder."""
+    """Read ``--output`` the way a user would: as a pyarrow dataset of the folder, with the
+    array and map columns restored to ``fixed_shape_tensor`` / ``map`` (README "Output")."""
     fs, root = filesystem_for(url, storage_options)
     pfs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(fs))
-    return pads.dataset(root, filesystem=pfs, format="parquet").to_table(columns=columns)
+    return restore_types(pads.dataset(root, filesystem=pfs, format="parquet").to_table(columns=columns))
 
 
 def committed_files(url: str, storage_options: dict | None = None) -> dict[str, list[str]]:

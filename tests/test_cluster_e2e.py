@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cluster.config import Columns, SetupError
 from cluster.metrics import JobMetrics
 from cluster.pipeline import run_job
-from cluster.schema import output_schema
+from cluster.schema import logical_schema
 from cluster_doubles import DIVERGE, KILL_ALWAYS, KILL_ONCE
 from cluster_helpers import (
     by_id,
@@ -85,7 +85,7 @@ def test_local_run_bad_inputs_metrics_and_rerun(tmp_path):
     # Every input row comes out exactly once, as one row of the documented schema.
     table = read_output(out)
     assert sorted(ids_of(table)) == sorted(r["image_id"] for r in rows + bad)
-    assert table.schema.remove_metadata() == output_schema(16).remove_metadata()
+    assert table.schema.remove_metadata() == logical_schema(16)
     assert summary.complete and (summary.ok, summary.error) == (6, 5) and summary.planned == 11
     files = committed_files(out)
     assert files["shards"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]

@@ -14,7 +14,7 @@ import torch
 from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
 from cluster.config import Columns
 from cluster.pipeline import run_job
-from cluster.schema import output_schema
+from cluster.schema import logical_schema
 from cluster_helpers import by_id, ids_of, job_config, png, ray_session, read_output, write_dataset  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(400), pytest.mark.slow]
@@ -69,7 +69,7 @@ def test_real_method_local_rows_schema_and_bad_inputs(tmp_path):
     assert summary.complete and summary.ok == 3 and summary.error == 5
     table = read_output(out)
     assert sorted(ids_of(table)) == sorted(r["image_id"] for r in rows)
-    assert table.schema.remove_metadata().equals(output_schema(64).remove_metadata())
+    assert table.schema.remove_metadata().equals(logical_schema(64))
     got = by_id(table)
     for i in range(3):
         row = got[f"g-{i}"]

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from cluster.decode import RowInputError, decode_image, decode_latent, decode_mask, resolve_relative
-from cluster.schema import ResultError, RowContext, error_table, output_schema, result_table
+from cluster.results import ResultsError, read_results, restore_types
+from cluster.schema import ResultError, RowContext, error_table, logical_schema, output_schema, result_table
 from cluster.worker import error_message
 from cluster_doubles import DivergenceError, PipelineTestDouble
 from cluster_helpers import png, write_bundle
@@ -98,7 +99,13 @@ def test_ok_row_schema_and_values(double):
     assert table.schema == output_schema(16)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    back = pq.read_table(io.BytesIO(buf.getvalue()))
+    stored = pq.read_table(io.BytesIO(buf.getvalue()))
+    # stored as nested lists (datasets' Array2D/Array3D); restore_types gives Arrow users tensors back
+    stored_type = stored.schema.field("normal").type  # datasets' Array3D type once datasets is imported
+    assert getattr(stored_type, "storage_type", stored_type) == pa.list_(pa.list_(pa.list_(pa.float32())))
+    assert np.array_equal(np.asarray(stored.column("normal").to_pylist()[0]), res.normal.astype(np.float32))
+    back = restore_types(stored)
+    assert back.schema.remove_metadata() == logical_schema(16)
     assert back.schema.field("canonical_depth").type == pa.fixed_shape_tensor(pa.float32(), [16, 16])
     assert back.schema.field("normal").type == pa.fixed_shape_tensor(pa.float32(), [16, 16, 3])
     assert back.schema.field("valid_mask").type == pa.fixed_shape_tensor(pa.uint8(), [16, 16])
@@ -137,3 +144,36 @@ def test_nan_or_misshaped_results_become_errors(double):
     res.normal = res.normal[:8]
     with pytest.raises(ResultError, match=r"normal with shape \(8, 16, 3\), expected \(16, 16, 3\)"):
         result_table("x", res, CTX, attempts=1, seconds=1)
+
+
+def _v3_shard(table: pa.Table) -> pa.Table:
+    """The same rows as schema version 3 wrote them: fixed_shape_tensor and map columns, no recon.tensors."""
+    restored = restore_types(table)
+    return restored.replace_schema_metadata({"recon.schema_version": "3"})
+
+
+def test_results_of_older_schema_versions_read_the_same(double, tmp_path):
+    res = double.reconstruct(decode_image(png(5, size=24)), np.arange(8, dtype=np.float32), seed=3)
+    new = pa.concat_tables([result_table("a", res, CTX, attempts=1, seconds=1.0),
+                            error_table("b", "missing mask", CTX, attempts=1, seconds=0.0)])
+    old = _v3_shard(new)
+    assert old.schema.field("normal").type == pa.fixed_shape_tensor(pa.float32(), [16, 16, 3])
+    for name, tables in {"new": [new], "old": [old], "mixed": [old.slice(0, 1), new.slice(1, 1)]}.items():
+        (tmp_path / name).mkdir()
+        for i, t in enumerate(tables):
+            pq.write_table(t, tmp_path / name / f"part-{i:05d}.parquet")
+    want = read_results(str(tmp_path / "new"))
+    assert want.schema.remove_metadata() == logical_schema(16)
+    assert np.allclose(want.filter(pa.compute.equal(want["status"], "ok"))["normal"].combine_chunks()
+                       .to_numpy_ndarray()[0], res.normal)
+    for name in ("old", "mixed"):
+        got = read_results(str(tmp_path / name))
+        assert got.schema.remove_metadata() == logical_schema(16) and got.to_pylist() == want.to_pylist(), name
+
+
+def test_restore_types_refuses_arrays_of_the_wrong_shape():
+    table = error_table("b", "x", CTX, attempts=1, seconds=0.0)
+    bad = pa.array([[[1.0] * 16] * 15], type=table.schema.field("canonical_depth").type)
+    table = table.set_column(table.schema.get_field_index("canonical_depth"), table.schema.field("canonical_depth"), bad)
+    with pytest.raises(ResultsError, match=r"column canonical_depth: a row's axis 0 has length 15, the metadata says \(16, 16\)"):
+        restore_types(table)
