@@ -262,6 +262,36 @@ def test_contact_sheet_is_written(rec, tmp_path):
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+_SEPARATE_RUNS: dict = {}
+
+
+def _float64_reconstructor(bundle, device, modconv, **options):
+    return Reconstructor(bundle, "synface", device=device, dtype=torch.float64,
+                         overrides={**FAST, "fast": 0.01, "modconv": modconv, **options})
+
+
+def _separate_runs(bundle, device, modconv):
+    """Three instances and their one-at-a-time reconstructions, computed once per (device, modconv).
+
+    With one instance per call the batching options have nothing to batch (one network copy, one GAN
+    sample), so every parametrisation of the test below compares against the same separate runs.
+    """
+    key = (bundle, device, modconv)
+    if key not in _SEPARATE_RUNS:
+        rec = _float64_reconstructor(bundle, device, modconv, network_batching="loop", gan_chunk=0)
+        g = rec.gan.generator
+        items = []
+        for s in range(3):
+            with torch.no_grad():
+                z = torch.randn(1, TINY_STYLE_DIM, generator=torch.Generator().manual_seed(s)).double().to(rec.device)
+                w = g.get_latent(z)
+                img, _ = g([w], input_is_latent=True, randomize_noise=False)
+            items.append({"image": ((img[0].clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).round().byte().cpu().numpy(),
+                          "latent": w[0].cpu().numpy(), "seed": 20 + s})
+        _SEPARATE_RUNS[key] = (items, [rec.reconstruct(**it) for it in items])
+    return _SEPARATE_RUNS[key]
+
+
 @pytest.mark.parametrize("device, mode, gan_chunk, modconv", [
     ("cpu", "loop", 0, "grouped"), ("cpu", "loop", 3, "grouped"), ("cpu", "vmap", 2, "grouped"),
     pytest.param("cuda", "auto", 0, "grouped", marks=[pytest.mark.gpu, CUDA]),
@@ -279,19 +309,8 @@ def test_batched_run_of_three_equals_three_separate_runs(bundle, device, mode, g
     iterations, so float32 trajectories separate by more than any fixed bound a
     test could justify; float64 removes that noise and leaves the logic exposed.
     """
-    rec = Reconstructor(bundle, "synface", device=device, dtype=torch.float64,
-                        overrides={**FAST, "fast": 0.01, "network_batching": mode, "gan_chunk": gan_chunk,
-                                   "modconv": modconv})
-    g = rec.gan.generator
-    items = []
-    for s in range(3):
-        with torch.no_grad():
-            z = torch.randn(1, TINY_STYLE_DIM, generator=torch.Generator().manual_seed(s)).double().to(rec.device)
-            w = g.get_latent(z)
-            img, _ = g([w], input_is_latent=True, randomize_noise=False)
-        items.append({"image": ((img[0].clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).round().byte().cpu().numpy(),
-                      "latent": w[0].cpu().numpy(), "seed": 20 + s})
-    separate = [rec.reconstruct(**it) for it in items]
+    items, separate = _separate_runs(bundle, device, modconv)
+    rec = _float64_reconstructor(bundle, device, modconv, network_batching=mode, gan_chunk=gan_chunk)
     batched = rec.reconstruct_many(items, batch_size=3)
     for a, b in zip(separate, batched):
         assert b.extras["batched_with"] == 3

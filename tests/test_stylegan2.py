@@ -288,7 +288,11 @@ def test_load_from_s3_url_on_local_moto_server(s3_bucket, tmp_path):
         load_stylegan2(f"s3://{bucket}/models/g.pt", storage_options=storage)
 
 
-def test_unreachable_storage_is_a_clear_error():
+def test_unreachable_storage_is_a_clear_error(monkeypatch):
+    import recon.retry
+
+    # the retry loop's pauses are random in [0, 0.5 * 2**k] s; draw 0 so the tries run back to back
+    monkeypatch.setattr(recon.retry._RNG, "uniform", lambda low, high: 0.0)
     storage = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s",
                "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
     with pytest.raises(StorageError, match="cannot reach s3://nobucket/g.pt"):
