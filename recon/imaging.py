@@ -65,7 +65,8 @@ def mask_to_tensor(mask: np.ndarray | torch.Tensor, height: int, width: int) -> 
     Values outside those ranges are refused rather than clamped: a float mask in 0..255 (a forgotten
     division) would become all object, and a uint8 mask of 0/1 would become 1/255, all background.
     """
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    # a copy: masks decoded from Arrow buffers are read-only, and torch warns about wrapping those
+    m = torch.as_tensor(np.array(mask) if not isinstance(mask, torch.Tensor) else mask)
     if m.dtype == torch.uint8:
         if m.numel() and int(m.max()) == 1:
             raise ValueError("uint8 masks are read as 0..255, but this one holds only 0 and 1: "

@@ -2,7 +2,7 @@
 
 Joint pre-training (preset demo_pretrain) of the demo's narrow networks on training samples of the
 synthetic family, with fixed seeds and 2 torch threads: on the same machine and torch version it
-writes the same bytes. About the time stated in README.md on a 2-core CPU.
+writes the same bytes. About 30-45 minutes on a 2-core CPU (README.md, docs/quality.md).
 
     python scripts/pretrain_demo.py                       # overwrite the shipped file
     python scripts/pretrain_demo.py --output /tmp/w.pth   # write elsewhere, e.g. to compare bytes
@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from recon.synthetic.demo_weights import DEMO_WEIGHTS, TRAIN_SAMPLES, pretrain_demo_weights
+from recon.synthetic.demo_weights import DEMO_WEIGHTS, TRAIN_FAST, TRAIN_SAMPLES, pretrain_demo_weights
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=DEMO_WEIGHTS)
     p.add_argument("--samples", type=int, default=TRAIN_SAMPLES, help="training samples (default %(default)s)")
-    p.add_argument("--fast", type=float, default=1.0, help="schedule scale; the shipped file uses 1")
+    p.add_argument("--fast", type=float, default=TRAIN_FAST, help="schedule scale (default %(default)s, the shipped file's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
