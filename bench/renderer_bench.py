@@ -178,7 +178,7 @@ def main() -> None:
     batches = args.batch or ({64: 16, 128: 16, 256: 16} if args.device.startswith("cuda") else {64: 16, 128: 16, 256: 4})
     sys.path.insert(0, str(REPO))
     info = machine_info(args.device)
-    print(f"# depth renderer benchmark: forward+backward of render_view_depth -> inverse grid -> grid_sample -> loss")
+    print("# depth renderer benchmark: forward+backward of render_view_depth -> inverse grid -> grid_sample -> loss")
     print(f"# machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} with {info['torch_threads']} threads"
           + (f", GPU {info['gpu']}" if "gpu" in info else "") + f", device {args.device}, backend {args.backend}")
     print(f"# load average at start: {info['load_average_at_start']} (other processes skew the times)")

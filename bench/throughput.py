@@ -295,7 +295,7 @@ def main(argv=None) -> int:
               f"peak {r['peak_memory_bytes'] / 2**30:5.2f} GiB, SIDE {r['side']:.3f}, MAD {r['mad']:.2f}")
     print(f"\nFLOPs per instance: {flops['total'] / 1e12:.2f} TFLOP "
           f"(per iteration, GFLOP: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops["per_iteration"].items()) + ")")
-    print(f"device peak (measured matmul): " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peak.items()))
+    print("device peak (measured matmul): " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peak.items()))
     print(f"best: {MODE_LABEL[best['mode']].strip()} K={best['k']}: {best['instances_per_hour']:.1f} "
           f"inst/h = {achieved / 1e9:.1f} GFLOP/s achieved, {100 * report['best']['fraction_of_peak']:.1f}% of the {peak_dtype} peak")
     by_key = {(r["k"], r["mode"]): r for r in summary}

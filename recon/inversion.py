@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .imaging import prepare_gan_output
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import operator
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +30,9 @@ from .prior import ellipsoid_box
 from .renderer import DepthRenderer
 from .result import ReconstructionResult
 from .gan import load_gan
+
+if TYPE_CHECKING:  # imported at call time in invert()
+    from .inversion import InversionResult
 
 log = logging.getLogger(__name__)
 

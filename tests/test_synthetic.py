@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from recon.renderer import DepthRenderer
-from recon.synthetic import family
 from recon.synthetic.dataset import sample_instances
 from recon.synthetic.generator import SyntheticConfig, build_synthetic_gan, save_synthetic_gan
-from recon.synthetic.metrics import depth_metrics, erode, evaluation_mask, ground_truth_depth, mad, side
+from recon.synthetic.metrics import erode, evaluation_mask, mad, side
 
 REPO = Path(__file__).resolve().parents[1]
 
