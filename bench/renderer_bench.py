@@ -1,4 +1,4 @@
-"""Benchmark of the depth renderer: time and peak memory per image (renderer_spec §4.8).
+"""Benchmark of the depth renderer: time and peak memory per image (docs/renderer.md "Figures").
 
 Times forward + backward of the chain the method runs every iteration:
 canonical depth -> render_view_depth -> inverse_warp_grid -> grid_sample(texture)
@@ -10,7 +10,7 @@ RSS (``resource.getrusage``) or ``torch.cuda.max_memory_allocated`` is its own.
     python bench/renderer_bench.py --device cuda        # on a GPU
     python bench/renderer_bench.py --json out.json      # also write the results
 
-"smooth" is a bicubic-upsampled random 5x5 field of +-0.08 (spec §4.3); "noisy" is
+"smooth" is a bicubic-upsampled random 5x5 field of +-0.08 (docs/renderer.md "How the torch backend works"); "noisy" is
 white noise of sigma 0.005 (many pixels of relief with this camera: slivers
 everywhere, the worst case for candidate counts). Views spread yaw over +-30 degrees
 with pitch +-0.1 rad and roll 0.02 rad.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The spec's unchunked CPU prototype (renderer_spec §4.8, 2 cores, smooth, B=16):
+#: The unchunked CPU prototype of the renderer's design (docs/renderer.md "Figures", 2 cores, smooth, B=16):
 #: per-image time in ms and peak RSS in GB, for comparison.
 SPEC_PROTOTYPE = {64: (6.0, 0.7), 128: (26.0, 1.2), 256: (115.0, 2.9)}
 
@@ -186,7 +186,7 @@ def main() -> None:
     mem_label = "peak CUDA GB" if args.device.startswith("cuda") else "peak RSS GB"
     header = (
         f"{'N':>4} {'B':>3} {'depth':>7} {'ms/call':>9} {'ms/image':>9} {'cand/img':>10} {'chunks':>6} "
-        f"{mem_label:>13} {'valid':>6}   spec §4.8 prototype (smooth, B=16, unchunked)"
+        f"{mem_label:>13} {'valid':>6}   design prototype (smooth, B=16, unchunked)"
     )
     print(header)
     results = []

@@ -18,7 +18,7 @@ included) beside the extrapolation.
 
 ``--gan reference`` (default) builds a randomly initialised StyleGAN2 with the
 architecture the preset's checkpoint has (celeba: 128px, channel multiplier 1,
-spec table in stylegan2_spec.md), random LPIPS weights and fixed view/light
+see README "The model bundle"), random LPIPS weights and fixed view/light
 priors: the cost of every kernel is that of the real model; the images are not
 faces, so no quality is measured here (``bench/throughput.py`` measures quality
 on the ground-truth instrument). ``--gan synthetic`` uses that instrument.
@@ -56,7 +56,7 @@ from recon.stylegan2 import Discriminator, Generator, StyleGAN2, StyleGAN2Config
 from throughput import device_peak, flops_per_instance, matching_peak  # noqa: E402
 from report_path import report_path  # noqa: E402
 
-#: The StyleGAN2 each preset's checkpoint holds (stylegan2_spec.md, table of configs): size, channel multiplier.
+#: The StyleGAN2 each preset's checkpoint holds (the reference checkpoints' configs; README "The model bundle"): size, channel multiplier.
 REFERENCE_GANS = {"celeba": (128, 1), "celeba_pretrain": (128, 1), "synface": (128, 1), "cat": (256, 1),
                   "church": (256, 2), "car": (512, 2)}
 #: Fixed priors for the random GAN (network output space; the method only samples from them).

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     # Ray Data's own operator progress block: once a minute is plenty for
-    # multi-hour jobs (ray_pipeline.md §5.5); read when ray.data is imported.
+    # multi-hour jobs (docs/batch_job.md#metrics-and-logs); read when ray.data is imported.
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     try:
         cfg = config_from_args(args)

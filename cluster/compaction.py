@@ -1,6 +1,6 @@
 """Folding committed one-row items into Parquet shards, and the manifest.
 
-ray_pipeline.md §2.4 step 3, adapted so that shards are write-once too:
+docs/batch_job.md#write-once-commits, adapted so that shards are write-once too:
 
 * a shard ``part-NNNNN.parquet`` is written with exclusive create, so a shard
   file that exists is complete and is never rewritten;

@@ -70,7 +70,7 @@ class JobConfig:
     allow_fingerprint_change: bool = False
     rows_per_shard: int = 256
     progress_interval_s: float = 30.0
-    #: Ray Data's no-progress guard; -1 disables it (ray_pipeline.md §1.6, pitfall 1).
+    #: Ray Data's no-progress guard; -1 disables it (docs/batch_job.md#ray-data-settings).
     no_progress_timeout_s: float = -1
     #: "auto": invert rows without a latent, then reconstruct; "only": write latents, no reconstruction.
     invert: str = "auto"

@@ -3,7 +3,7 @@
 Runs inside the actor (not the driver) so a corrupt image becomes that row's
 error instead of failing a read task. Every failure raises
 :class:`RowInputError` with a message meant for the ``error`` column.
-Masks follow gan2shape_spec.md §3.3: values in [0, 1], 1 = object.
+Masks follow docs/method.md#inputs-and-preprocessing: values in [0, 1], 1 = object.
 """
 from __future__ import annotations
 

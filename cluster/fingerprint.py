@@ -1,6 +1,6 @@
 """The run fingerprint: what must stay the same for results to belong together.
 
-ray_pipeline.md §2.4: the fingerprint hashes the code version, the method
+docs/batch_job.md#write-once-commits: the fingerprint hashes the code version, the method
 config, the model identity, the output schema version and the run seed. Rows
 computed under one fingerprint must not silently mix with rows computed under
 another, so an output folder remembers its fingerprint in ``_run.json`` and a
@@ -55,7 +55,7 @@ class RunFingerprint:
 
 
 def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: str) -> RunFingerprint:
-    """Fingerprint of a run (spec: ray_pipeline.md §2.4 "Layout")."""
+    """Fingerprint of a run (docs/batch_job.md#write-once-commits)."""
     fields = {
         "bundle": cfg.bundle,
         # The bundle manifest names the weight files, so its bytes identify the model.

@@ -2,7 +2,7 @@
 
 * :func:`create_exclusive` writes an object only if none exists under that name
   (the commit of one row or one shard). On object stores a single PUT is atomic
-  and ``If-None-Match: *`` makes it write-once (ray_pipeline.md §2.3); on a
+  and ``If-None-Match: *`` makes it write-once (docs/batch_job.md#write-once-commits); on a
   local disk we write a temporary file and hard-link it into place, which is
   both atomic and exclusive.
 * :func:`replace_atomic` overwrites a small metadata object (the manifest) so a
@@ -10,7 +10,7 @@
 
 Listings go through filesystems built with the listing cache off: a cached
 listing would make the planner redo rows that are already committed
-(ray_pipeline.md pitfall 11).
+(docs/batch_job.md#write-once-commits).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Stable names for rows: the string id, the storage key and the per-row seed.
 
 Everything the job stores about a row is keyed by its id, never by its position
-in the input (ray_pipeline.md §1.7, pitfall 12), so moving or re-sharding the
+in the input (docs/batch_job.md#row-identity-and-seeds), so moving or re-sharding the
 input does not change which results count as done.
 """
 from __future__ import annotations
@@ -41,6 +41,6 @@ def item_key(image_id: str) -> str:
 
 def row_seed(run_seed: int, image_id: str) -> int:
     """Per-row random seed from (run seed, id), so a retry repeats the same random
-    choices (ray_pipeline.md §1.9 "Determinism"); fits a signed 32-bit int."""
+    choices (docs/batch_job.md#row-identity-and-seeds); fits a signed 32-bit int."""
     digest = hashlib.sha256(f"{int(run_seed)}\x00{image_id}".encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

@@ -1,6 +1,6 @@
 """Job-level metrics (Prometheus) and the progress line in the job log.
 
-ray_pipeline.md §4.2-4.3: the driver owns one ``prometheus_client`` registry
+docs/batch_job.md#metrics-and-logs: the driver owns one ``prometheus_client`` registry
 (never the global one) with counts by status, minute-scale latency histograms,
 in-flight/actor gauges, throughput and ETA. Ray's own per-node ``ray_data_*``
 and GPU metrics come from each node's ``--metrics-export-port`` separately.
@@ -186,7 +186,7 @@ class ProgressReporter:
     """A text progress bar in the job log, at most every ``interval_s`` seconds.
 
     One line per interval (and one at the end), never per iteration, so a
-    multi-hour job log stays readable (ray_pipeline.md §5.5, pitfall 23).
+    multi-hour job log stays readable (docs/batch_job.md#metrics-and-logs).
     """
 
     def __init__(self, metrics: JobMetrics, total: int, already_done: int, *, interval_s: float = 30.0,

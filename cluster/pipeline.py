@@ -1,6 +1,6 @@
 """The driver: check, plan, run the Ray Data pipeline, compact, report.
 
-ray_pipeline.md §8 in code:
+docs/batch_job.md#decisions-and-deviations in code:
 
 1. fail fast without Ray: input files and columns, ids, bundle, output store,
    reconstructor import path (issue 6 item 5);
@@ -8,7 +8,7 @@ ray_pipeline.md §8 in code:
 3. ``ray.init()`` without an address (cluster under ``ray job submit``, local
    instance on a laptop), then ``read_parquet -> filter -> repartition(1 row per
    block) -> map_batches(ReconstructionWorker, fixed actor pool)`` with the
-   settings §1.6 says are required;
+   settings docs/batch_job.md#ray-data-settings says are required;
 4. consume the status rows for metrics and progress, compacting every
    ``rows_per_shard`` results; compact the rest and write the manifest at the end.
 """
@@ -236,10 +236,10 @@ def _connect_ray(cfg: JobConfig, want_cpus: float) -> bool:
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        # Under `ray job submit`: join the cluster, add no runtime_env (pitfall 19).
+        # Under `ray job submit`: join the cluster, add no runtime_env (docs/batch_job.md#devices).
         ray.init()
         return True
-    logical = max(4, (os.cpu_count() or 1) + 2, math.ceil(want_cpus) + 2)  # headroom: pitfall 24
+    logical = max(4, (os.cpu_count() or 1) + 2, math.ceil(want_cpus) + 2)  # headroom: docs/batch_job.md#tests-on-two-cores
     pythonpath = os.pathsep.join(p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
     try:
         with _loopback_only():
@@ -323,7 +323,7 @@ def _resolve_device(requested: str, attached: bool) -> str:
     if gpus > 0:
         return "cuda"
     if attached:
-        # Pitfall 5 / §5.4: an autoscaled cluster shows 0 GPUs until a GPU node starts.
+        # docs/batch_job.md#devices: an autoscaled cluster shows 0 GPUs until a GPU node starts.
         log.warning("--device auto found no GPU in the cluster right now and uses CPU; on an "
                     "autoscaling GPU cluster pass --device cuda so GPU nodes are requested")
     return "cpu"
@@ -331,15 +331,15 @@ def _resolve_device(requested: str, attached: bool) -> str:
 
 @contextmanager
 def _data_context(cfg: JobConfig) -> Iterator[None]:
-    """Ray Data settings the job relies on (ray_pipeline.md §1.6), restored afterwards."""
+    """Ray Data settings the job relies on (docs/batch_job.md#ray-data-settings), restored afterwards."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     wanted = {
-        "execution_no_progress_timeout_s": cfg.no_progress_timeout_s,  # pitfall 1
+        "execution_no_progress_timeout_s": cfg.no_progress_timeout_s,  # docs/batch_job.md#ray-data-settings
         "actor_init_retry_on_errors": True,  # transient errors loading weights
-        "max_consecutive_actor_init_deaths": 3,  # pitfall 8
-        "max_errored_blocks": 0,  # per-row errors are caught in the worker (pitfall 6)
+        "max_consecutive_actor_init_deaths": 3,  # docs/batch_job.md#ray-data-settings
+        "max_errored_blocks": 0,  # per-row errors are caught in the worker (docs/batch_job.md#per-row-errors)
         # Ray 2.60's Parquet reader V2 starts a footer-reading actor and a listing task per read:
         # about 10 s before the first row on a 2-core machine, against 0.6 s for V1 (measured on
         # 3 rows, docs/batch_job.md "Ray Data's Parquet reader"). V1 reads the same columns,
@@ -392,7 +392,7 @@ def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num
                                 fn_kwargs={"id_from": cfg.id_from, "id_column": cfg.columns.id})
         if plan.needs_filter:
             ds = ds.filter(expr=col(cfg.columns.id).is_in(plan.todo_ids()))
-    # Small files arrive as one block; one block per K rows spreads them (pitfall 2).
+    # Small files arrive as one block; one block per K rows spreads them (docs/batch_job.md#ray-data-settings).
     ds = ds.repartition(target_num_rows_per_block=cfg.instances_per_actor)
     return ds.map_batches(
         ReconstructionWorker,
@@ -400,8 +400,8 @@ def _build_dataset(cfg: JobConfig, pre: Preflight, settings: WorkerSettings, num
         batch_size=cfg.instances_per_actor,
         batch_format="pyarrow",
         num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,  # 0 on CPU: a GPU request on a CPU node waits forever (pitfall 5)
-        # Fixed pool + one task per actor = pull-style balancing (pitfall 3).
+        num_gpus=gpus_per_actor,  # 0 on CPU: a GPU request on a CPU node waits forever (docs/batch_job.md#devices)
+        # Fixed pool + one task per actor = pull-style balancing (docs/batch_job.md#ray-data-settings).
         compute=ray.data.ActorPoolStrategy(size=num_actors, max_tasks_in_flight_per_actor=1),
         udf_modifying_row_count=False,
     )

@@ -1,4 +1,4 @@
-"""Which input rows still need work (ray_pipeline.md §2.4 step 1).
+"""Which input rows still need work (docs/batch_job.md#write-once-commits).
 
 The planner compares the ids in the input (within ``--limit``) with what the
 output folder already holds (ids in shards, staged items). Everything is keyed

@@ -15,7 +15,7 @@ refuses the whole file on one column it cannot map (measured with datasets 5.2:
   ``recon.tensors`` / ``recon.maps``, from which :func:`cluster.results.restore_types`
   gives Arrow users back ``fixed_shape_tensor`` and ``map`` columns.
 
-The per-image outputs are the "output state" of gan2shape_spec.md §8.1.
+The per-image outputs are the "output state" of docs/method.md#outputs.
 """
 from __future__ import annotations
 

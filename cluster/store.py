@@ -1,6 +1,6 @@
 """Where the job keeps things under ``--output``, and the per-row commit.
 
-Layout (ray_pipeline.md §2.4, adapted to one output folder per run fingerprint)::
+Layout (docs/batch_job.md#write-once-commits, adapted to one output folder per run fingerprint)::
 
     <output>/part-00000.parquet ...          committed shards: the dataset users read
     <output>/_manifest.json                  written last by each compaction

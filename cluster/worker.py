@@ -1,19 +1,19 @@
 """The reconstruction actor: loads the method once, then turns rows into results.
 
 Ray Data runs :class:`ReconstructionWorker` as a fixed pool of actors
-(ray_pipeline.md §1.3, §8). Per row it
+(docs/batch_job.md#actors, docs/batch_job.md#decisions-and-deviations). Per row it
 
 1. skips the row if its result is already committed (a retried batch);
 2. turns it into an error row "worker died N times on this row" once N attempts
-   started without a result (the poison-pill bound, §2.4 / pitfall 7); a
+   started without a result (the poison-pill bound, docs/batch_job.md#per-row-errors); a
    driver that stops (Ctrl-C, SIGTERM) removes the markers of the attempts it
    cuts short, so only deaths count;
 3. writes an attempt marker, decodes the inputs, runs the method;
-4. commits a one-row Parquet item with exclusive create (§2.4 step 2);
+4. commits a one-row Parquet item with exclusive create (docs/batch_job.md#write-once-commits);
 5. returns a small status row to the driver.
 
 Every per-row failure becomes an ``error`` row: an exception escaping
-``__call__`` would fail the whole dataset (pitfall 6).
+``__call__`` would fail the whole dataset (docs/batch_job.md#per-row-errors).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class WorkerSetupError(RuntimeError):
     """An actor cannot start (bad reconstructor path, missing mask column, ...).
 
     Deliberately not SystemExit: an actor that "exits" instead of raising can
-    hang a fixed Ray Data pool (ray_pipeline.md §1.8, issue #62746).
+    hang a fixed Ray Data pool (docs/batch_job.md#per-row-errors, Ray issue #62746).
     """
 
 
@@ -108,7 +108,7 @@ def load_reconstructor_class(path: str) -> type:
 
 @dataclass
 class WorkerSettings:
-    """Everything an actor needs; small and picklable (ray_pipeline.md §1.10, #53727)."""
+    """Everything an actor needs; small and picklable (docs/batch_job.md#actors, Ray issue #53727)."""
 
     reconstructor: str
     bundle: str

@@ -42,7 +42,7 @@ def _jittered(cov: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Gaussian:
-    """A multivariate normal (the view and light priors of spec §3.5)."""
+    """A multivariate normal (the view and light priors of docs/method.md#pseudo-samples)."""
 
     mean: torch.Tensor
     cov: torch.Tensor

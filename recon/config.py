@@ -1,7 +1,7 @@
 """Method configuration: the reference's per-dataset presets plus user overrides.
 
 A preset is a YAML file in ``recon/presets`` holding every value of one of the
-reference configs (gan2shape_spec.md §1.3, §7); ``_defaults.yaml`` holds what all
+reference configs (docs/method.md#stages-and-schedule); ``_defaults.yaml`` holds what all
 configs share. Users override any key from the command line (``key=value``,
 dotted keys for nested values such as ``stage_len.step1=100``) or from their own
 YAML/JSON file. Unknown keys and wrong types are errors, so a typo never
@@ -140,7 +140,7 @@ class GAN2ShapeConfig:
         return bool(flags[min(stage, len(flags) - 1)]) if flags else False
 
     def total_iterations(self) -> dict[str, int]:
-        """Gradient iterations per step over all stages (the schedule of spec §1.3)."""
+        """Gradient iterations per step over all stages (the schedule of docs/method.md#stages-and-schedule)."""
         return {s: sum(self.step_iters(k, s) for k in range(self.num_stage)) for s in STEPS}
 
     # --- serialisation ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The per-image GAN2Shape optimisation (spec §1.2), for K instances at once.
+"""The per-image GAN2Shape optimisation (docs/method.md#stages-and-schedule), for K instances at once.
 
 An :class:`InstanceGroup` holds K independent reconstructions that advance in
 lockstep: each has its own image, latent, random stream, D/A/V/L/E weights and
@@ -8,7 +8,7 @@ CUDA, one on the CPU). K = 1 is the reference's one-image-at-a-time loop. Every 
 is computed per instance (leading axis K) and the per-instance losses are
 summed for the backward pass, so gradients never mix instances.
 
-Stage loop (spec §1.2): [fit D to the ellipsoid prior] then for each stage:
+Stage loop (docs/method.md#stages-and-schedule): [fit D to the ellipsoid prior] then for each stage:
 step 1 (train A), step 2 (train E), collect projected samples, step 3 (train
 V, L, D, A). A fresh Adam is made whenever the step changes.
 """
@@ -119,7 +119,7 @@ class InstanceGroup:
         return out.to(self.dtype)
 
     def generate(self, w: torch.Tensor, per_instance: int, eager: bool = False) -> torch.Tensor:
-        """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (spec §3.2).
+        """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (docs/method.md#inputs-and-preprocessing).
 
         ``eager`` skips ``gan_compile`` for this call (see :meth:`Reconstructor.generate`).
         """
@@ -153,7 +153,7 @@ class InstanceGroup:
 
     def latent_images(self, latents: torch.Tensor) -> torch.Tensor:
         """I_gan = G(w) for each instance's own latent (K, D) -> (K, 1, 3, S, S): the reference point of
-        the relative encoder, e = E(X) - E(I_gan) (spec §2.3).
+        the relative encoder, e = E(X) - E(I_gan) (docs/method.md#step-2-latent-projection).
 
         Eager: this is the only GAN call with one sample per instance, made once per instance, so with
         ``gan_compile`` a graph for its shape would be compiled (tens of seconds for celeba's G) to speed
@@ -170,7 +170,7 @@ class InstanceGroup:
         return [level.to(self.dtype) for level in levels]
 
     def depth_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
-        """D's raw map (K,N,1,S,S) -> depth (K,N,S,S) in (min, max): mean-subtract, tanh, rescale (spec §2.1)."""
+        """D's raw map (K,N,1,S,S) -> depth (K,N,S,S) in (min, max): mean-subtract, tanh, rescale (docs/method.md#depth-parametrisation-and-border)."""
         cfg = self.cfg
         r = raw[:, :, 0]
         r = r - r.mean(dim=(-2, -1), keepdim=True)
@@ -204,7 +204,7 @@ class InstanceGroup:
 
     def shade_and_warp(self, depth: torch.Tensor, albedo: torch.Tensor, view_raw: torch.Tensor,
                        light_raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render canonical depth/albedo under a view and light into that view (spec §5).
+        """Render canonical depth/albedo under a view and light into that view (docs/method.md#renderer-camera to docs/method.md#normals-and-lambertian-shading).
 
         Shapes: depth (K,N,S,S), albedo (K,N,3,S,S), view_raw (K,N,6), light_raw (K,N,4),
         all in network output space (means already added).
@@ -235,7 +235,7 @@ class InstanceGroup:
             return self.net(name, x)
 
     def forward_input(self, flip: bool, train: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Predict depth, albedo, view and light of the input and re-render it (spec §2, forward_step1)."""
+        """Predict depth, albedo, view and light of the input and re-render it (docs/method.md#networks, forward_step1)."""
         img = self.images
         depth = self.finite_depth(self.clamp_border(self.depth_from_raw(self.run_net("netD", img, train))))
         albedo = self.run_net("netA", img, train)  # (K,1,3,S,S)
@@ -255,7 +255,7 @@ class InstanceGroup:
         return out
 
     def input_loss(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Step-1 objective on the input (also the first half of step 3), per instance (spec §4)."""
+        """Step-1 objective on the input (also the first half of step 3), per instance (docs/method.md#losses)."""
         cfg = self.cfg
         recon, valid = out["recon"], out["valid"]
         mask = valid.prod(dim=1, keepdim=True).expand_as(valid)  # with flipping: valid in both renders
@@ -267,7 +267,7 @@ class InstanceGroup:
         return loss + cfg.lam_smooth * smooth
 
     def update_canonical_mask(self, out: dict[str, torch.Tensor]) -> None:
-        """Bring the image-space object mask into the canonical frame with the forward map (spec §3.3b)."""
+        """Bring the image-space object mask into the canonical frame with the forward map (docs/method.md#warping-and-the-valid-mask)."""
         if not self.cfg.use_mask:
             return
         k, s = self.k, self.size
@@ -277,7 +277,7 @@ class InstanceGroup:
         self.canon_mask = canon.reshape(k, 1, 1, s, s)
 
     def cache_step1(self, out: dict[str, torch.Tensor]) -> None:
-        """Keep what pseudo-samples are rendered from: the last step-1 forward of the input (spec §3.5)."""
+        """Keep what pseudo-samples are rendered from: the last step-1 forward of the input (docs/method.md#pseudo-samples)."""
         self.cache = {
             "depth": out["depth"][:, 0].detach(),
             "albedo": out["albedo"][:, 0].detach(),
@@ -289,7 +289,7 @@ class InstanceGroup:
     # ------------------------------------------------------------ pseudo-samples
     @torch.no_grad()
     def sample_pseudo(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Re-render the cached depth and albedo under random views and lights (spec §3.5).
+        """Re-render the cached depth and albedo under random views and lights (docs/method.md#pseudo-samples).
 
         Returns images (K,n,3,S,S) clamped to [-1,1] and masks (K,n,1,S,S).
         """
@@ -327,7 +327,7 @@ class InstanceGroup:
         return images.reshape(k, n, 3, s, s), masks.reshape(k, n, 1, s, s)
 
     def project(self, pseudo: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Project pseudo-samples onto the GAN manifold: G(w + dw(E(x))) (spec §2.3, step 2)."""
+        """Project pseudo-samples onto the GAN manifold: G(w + dw(E(x))) (docs/method.md#step-2-latent-projection)."""
         k, n = pseudo.shape[:2]
         ctx = torch.enable_grad() if train else torch.no_grad()
         with ctx:
@@ -360,7 +360,7 @@ class InstanceGroup:
         self.pool_order = [[] for _ in range(self.k)]
 
     def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read the pool sequentially, reshuffling each instance's order when it runs out (spec §1.4)."""
+        """Read the pool sequentially, reshuffling each instance's order when it runs out (docs/method.md#collection)."""
         images, masks = self.pool
         size = images.shape[1]
         b = min(self.cfg.batchsize, size)
@@ -455,7 +455,7 @@ class InstanceGroup:
         self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
 
     def fit_prior(self) -> None:
-        """Regress D to the ellipsoid prior: MSE, no border clamp (spec §3.4 step 9)."""
+        """Regress D to the ellipsoid prior: MSE, no border clamp (docs/method.md#shape-prior)."""
         cfg = self.cfg
         targets = torch.stack([
             ellipsoid_prior(self.masks[i, 0, 0].cpu(), cfg.category, cfg.prior_near, cfg.prior_far, cfg.ellipsoid_center)
@@ -503,7 +503,7 @@ class InstanceGroup:
         self._optimise("step3", self.cfg.step_iters(stage, "step3"), loss)
 
     def run(self, fit_prior: bool) -> None:
-        """The whole schedule of spec §1.2 for every instance of the group."""
+        """The whole schedule of docs/method.md#stages-and-schedule for every instance of the group."""
         cfg = self.cfg
         if fit_prior:
             self.fit_prior()

@@ -1,4 +1,4 @@
-"""Bringing input images, masks and GAN outputs to the method's resolution (spec §3.2).
+"""Bringing input images, masks and GAN outputs to the method's resolution (docs/method.md#inputs-and-preprocessing).
 
 The reference resizes with bilinear interpolation when enlarging and area
 averaging when shrinking; with ``crop`` set (cat, synface) it centre-crops

@@ -1,4 +1,4 @@
-"""Joint (multi-image) pre-training of D, A, V, L, E (the reference's ``joint_train`` mode, spec §9).
+"""Joint (multi-image) pre-training of D, A, V, L, E (the reference's ``joint_train`` mode, docs/method.md#joint-pre-training).
 
 One set of networks is trained on many images: every iteration moves on to the
 next image (round robin, a new random order each pass), step 1 is followed by a

@@ -1,4 +1,4 @@
-"""The latent offset of step 2 through the tail of the mapping network (spec §2.3).
+"""The latent offset of step 2 through the tail of the mapping network (docs/method.md#step-2-latent-projection).
 
 E's output ``e`` is added to a hidden point ``h0 = F_head(0)`` of the mapping
 network; the offset in W is ``F_tail(h0 + e) - F(0)``, exactly zero when e = 0.

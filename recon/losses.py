@@ -1,4 +1,4 @@
-"""The losses of GAN2Shape (spec §4), each with an optional leading instance axis.
+"""The losses of GAN2Shape (docs/method.md#losses), each with an optional leading instance axis.
 
 Every function accepts tensors shaped (B, ...) for one instance, or (K, B, ...)
 for K independent instances trained together, and then returns one value per
@@ -50,7 +50,7 @@ def discriminator_feature_loss(
     y: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Step-2 "perceptual" loss on StyleGAN2 discriminator features (spec §4).
+    """Step-2 "perceptual" loss on StyleGAN2 discriminator features (docs/method.md#losses, docs/method.md#step-2-latent-projection).
 
     ``features`` maps (N,3,H,W) images to the first residual-block outputs. The
     target's features carry no gradient. Each level is a masked L1 with the

@@ -1,4 +1,4 @@
-"""LPIPS v0.1 "net-lin" on VGG16: GAN2Shape's perceptual loss (spec §2.4, §4 "LPIPS").
+"""LPIPS v0.1 "net-lin" on VGG16: GAN2Shape's perceptual loss (docs/method.md#frozen-networks, docs/method.md#losses).
 
 The distance between two images ``x``, ``y`` in [−1, 1] is computed as:
 
@@ -126,7 +126,7 @@ def _check_tensor(uri: str, what: str, key: str, tensor: torch.Tensor, shape: Se
 
 
 def load_vgg16_features(state: Mapping[str, torch.Tensor], source: str = "VGG16 state dict") -> dict[str, torch.Tensor]:
-    """Validate a torchvision-layout VGG16 state dict; return its ``features`` conv tensors (spec §2.4).
+    """Validate a torchvision-layout VGG16 state dict; return its ``features`` conv tensors (docs/method.md#frozen-networks).
 
     Entries under ``classifier.`` are ignored (the fully connected part is not used).
     Any other unexpected entry is refused: e.g. a ``vgg16_bn`` file has batch-norm
@@ -177,7 +177,7 @@ def load_head_weights(state: Mapping[str, torch.Tensor], source: str = "LPIPS he
 
 
 class LPIPS(nn.Module):
-    """LPIPS v0.1 net-lin VGG16 distance (spec §2.4, §4): ``forward(x, y) -> (B,)``, frozen.
+    """LPIPS v0.1 net-lin VGG16 distance (docs/method.md#frozen-networks, docs/method.md#losses): ``forward(x, y) -> (B,)``, frozen.
 
     Build it with :meth:`from_files` (weights at any fsspec URL), or directly
     from the two state dicts. Inputs are images in [−1, 1] of shape

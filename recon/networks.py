@@ -1,18 +1,18 @@
-"""The five trainable networks of GAN2Shape: D, A, V, L and E (spec §2.1–2.3).
+"""The five trainable networks of GAN2Shape: D, A, V, L and E (docs/method.md#networks).
 
-* D (depth) and A (albedo) are encoder–decoders, :class:`EDDeconv` (spec §2.1).
+* D (depth) and A (albedo) are encoder–decoders, :class:`EDDeconv` (docs/method.md#networks).
 * V (viewpoint) and L (light) are plain convolutional encoders ending in tanh,
-  :class:`ConvEncoder` (spec §2.2).
-* E (latent-offset encoder) is a residual encoder, :class:`ResEncoder` (spec §2.3).
+  :class:`ConvEncoder` (docs/method.md#networks).
+* E (latent-offset encoder) is a residual encoder, :class:`ResEncoder` (docs/method.md#networks).
 
 Every network keeps its layers in one ``nn.Sequential`` attribute named
 ``network``, with activations and norms as separate entries and in the order the
-spec's tables list them. Their state dicts therefore have the
+reference's layer tables list them (written out in tests/test_networks.py). Their state dicts therefore have the
 ``network.<i>.weight`` layout of Unsup3D-style checkpoints (GAN2Shape's
 ``*_pretrain.pth`` hold ``netD``, ``netA``, ``netV``, ``netL``, ``netEnc`` in it),
 so such weights load without any key mapping.
 
-All networks scale with ``image_size`` by the spec's rule: ``extra = log2(size) − 6``
+All networks scale with ``image_size`` by the reference's rule (docs/method.md#networks): ``extra = log2(size) − 6``
 extra down/up-sampling blocks (0 at 64, 1 at 128, 2 at 256).
 
 The networks are written so that ``torch.func.functional_call`` + ``torch.func.vmap``
@@ -43,23 +43,23 @@ __all__ = [
     "widths_for",
 ]
 
-#: Output channels of D and A, and sizes of V's and L's outputs (spec §2.1, §2.2).
+#: Output channels of D and A, and sizes of V's and L's outputs (docs/method.md#networks).
 DEPTH_CHANNELS = 1
 ALBEDO_CHANNELS = 3
 VIEW_DIM = 6  # 3 rotation angles + 3 translations
 LIGHT_DIM = 4  # ambient, diffuse, light direction x, y
-#: Bottleneck width of D and A (spec §2.1: "Conv 512→256 ... bottleneck z = 256").
+#: Bottleneck width of D and A (docs/method.md#networks: "Conv 512→256 ... bottleneck z = 256").
 DEPTH_ZDIM = 256
-#: E's base width is hard-coded to 32 at every image size (spec §2.3).
+#: E's base width is hard-coded to 32 at every image size (docs/method.md#networks).
 RES_ENCODER_NF = 32
 
-#: Slope of the encoder's leaky ReLUs in D and A (spec §2.1 "LReLU(0.2)").
+#: Slope of the encoder's leaky ReLUs in D and A (docs/method.md#networks, "LReLU(0.2)").
 LEAKY_SLOPE = 0.2
 
 
 @dataclass(frozen=True)
 class Widths:
-    """The size-dependent constants of spec §2: base width, GroupNorm base, extra blocks."""
+    """The size-dependent constants of docs/method.md#networks: base width, GroupNorm base, extra blocks."""
 
     image_size: int
     nf: int
@@ -78,7 +78,7 @@ class Widths:
     def groups(self, channels: int) -> int:
         """GroupNorm groups for a ``channels``-wide layer of D/A.
 
-        The spec's tables pair ``nf·2^k`` channels with ``gn_base·2^k`` groups
+        The reference's tables pair ``nf·2^k`` channels with ``gn_base·2^k`` groups
         (at 128: GN(8,32), GN(16,64), GN(32,128), GN(64,256)), i.e. a fixed
         number of channels per group, ``nf / gn_base``.
         """
@@ -86,7 +86,7 @@ class Widths:
 
 
 def widths_for(image_size: int, width_divisor: int = 1) -> Widths:
-    """Spec §2 width rule: ``nf = max(4096 // size, 16)``, ``gn_base = 8 if size ≥ 128 else 16``,
+    """Width rule (docs/method.md#networks): ``nf = max(4096 // size, 16)``, ``gn_base = 8 if size ≥ 128 else 16``,
     ``extra = log2(size) − 6``. Only powers of two from 64 up make a 4×4 bottleneck.
 
     ``width_divisor`` (1 = the reference) divides ``nf`` and ``gn_base`` alike, so every layer is
@@ -119,12 +119,12 @@ def _conv(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, b
 
 
 def _down(cin: int, cout: int) -> nn.Conv2d:
-    """4×4, stride 2, pad 1, no bias: halves the resolution (every down step of spec §2)."""
+    """4×4, stride 2, pad 1, no bias: halves the resolution (every down step of docs/method.md#networks)."""
     return _conv(cin, cout, 4, stride=2, padding=1)
 
 
 def _up(cin: int, cout: int) -> nn.ConvTranspose2d:
-    """Transposed 4×4, stride 2, pad 1, no bias: doubles the resolution (spec §2.1 decoder)."""
+    """Transposed 4×4, stride 2, pad 1, no bias: doubles the resolution (docs/method.md#networks, decoder)."""
     return nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1, bias=False)
 
 
@@ -137,7 +137,7 @@ def _check_image(x: torch.Tensor, cin: int, image_size: int, who: str) -> None:
 
 
 class EDDeconv(nn.Module):
-    """Encoder–decoder for the canonical depth (D) and albedo (A), spec §2.1.
+    """Encoder–decoder for the canonical depth (D) and albedo (A), docs/method.md#networks.
 
     Encoder: stride-2 4×4 convolutions from ``image_size`` to 4×4, each followed
     by GroupNorm + LeakyReLU(0.2) except the last one, then a 4×4 valid conv to a
@@ -147,7 +147,7 @@ class EDDeconv(nn.Module):
     conv with GroupNorm + ReLU; and a 5×5 conv to ``cout`` channels. All
     convolutions are bias-free.
 
-    D is ``EDDeconv(cout=1, activation=None)`` (raw depth; spec §2.1 "Heads" gives
+    D is ``EDDeconv(cout=1, activation=None)`` (raw depth; docs/method.md#depth-parametrisation-and-border gives
     the post-processing, which lives with the method, not here). A is
     ``EDDeconv(cout=3, activation="tanh")``.
     """
@@ -173,7 +173,7 @@ class EDDeconv(nn.Module):
         layers: list[nn.Module] = [_down(cin, c[0])]
         for k in range(1, w.num_down):
             layers += [gn(c[k - 1]), nn.LeakyReLU(LEAKY_SLOPE, inplace=True), _down(c[k - 1], c[k])]
-        # The last down step has no GroupNorm before its activation (spec §2.1 table, last row).
+        # The last down step has no GroupNorm before its activation (docs/method.md#networks).
         layers += [
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             _conv(c[-1], zdim, 4),  # 4×4 → 1×1 bottleneck
@@ -208,7 +208,7 @@ class EDDeconv(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Plain conv encoder with a tanh head, used for V (cout=6) and L (cout=4), spec §2.2.
+    """Plain conv encoder with a tanh head, used for V (cout=6) and L (cout=4), docs/method.md#networks.
 
     Stride-2 4×4 convolutions + ReLU from ``image_size`` to 4×4, a 4×4 valid conv
     + ReLU to 1×1, a 1×1 conv to ``cout``, tanh, reshaped to (B, cout). No biases.
@@ -237,7 +237,7 @@ class ConvEncoder(nn.Module):
 
 
 class ResBlockDown(nn.Module):
-    """Residual down-sampling block of E (spec §2.3).
+    """Residual down-sampling block of E (docs/method.md#networks).
 
     Residual branch: ReLU → 3×3 stride-2 conv → ReLU → 3×3 conv (no biases).
     Shortcut: 2×2 average pooling, then a 1×1 conv with bias when the width changes.
@@ -273,7 +273,7 @@ class ResBlockDown(nn.Module):
 
 
 class ResEncoder(nn.Module):
-    """E, the latent-offset encoder (spec §2.3): image → ``cout``-d vector, no output activation.
+    """E, the latent-offset encoder (docs/method.md#networks, docs/method.md#step-2-latent-projection): image → ``cout``-d vector, no output activation.
 
     A 4×4 stride-2 conv to 32 channels, residual down blocks doubling the width
     down to 4×4 (3 blocks at 64, 4 at 128), then ReLU, a 4×4 valid conv to twice
@@ -315,7 +315,7 @@ _BUILD_OPTIONS = ("zdim", "shortcut_sees_relu", "width_divisor")
 
 
 def build_networks(image_size: int, latent_dim: int = 512, **options: object) -> nn.ModuleDict:
-    """The five trainable networks of one GAN2Shape instance (spec §2, as built in the reference).
+    """The five trainable networks of one GAN2Shape instance (docs/method.md#networks, as built in the reference).
 
     Keys follow the reference's checkpoints: ``netD`` (depth, 1 channel, raw),
     ``netA`` (albedo, 3 channels, tanh), ``netV`` (view, 6), ``netL`` (light, 4),

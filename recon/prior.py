@@ -1,4 +1,4 @@
-"""The ellipsoid shape prior that starts the depth network (spec §3.4)."""
+"""The ellipsoid shape prior that starts the depth network (docs/method.md#shape-prior)."""
 from __future__ import annotations
 
 import math

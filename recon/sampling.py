@@ -1,4 +1,4 @@
-"""Random views and lights of the pseudo-samples (spec §3.5).
+"""Random views and lights of the pseudo-samples (docs/method.md#pseudo-samples).
 
 Draws come from a per-instance ``torch.Generator`` on the CPU, so an instance
 makes the same choices whether it runs alone, batched with others, or on a GPU.

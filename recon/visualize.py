@@ -1,4 +1,4 @@
-"""A PNG sheet of one reconstruction for people to look at (spec §8.1, simplified).
+"""A PNG sheet of one reconstruction for people to look at (docs/method.md#outputs, simplified).
 
 Row 1: input, reconstruction, canonical depth, view-space depth, normals, albedo,
 shading. Row 2: the canonical shaded image rotated in yaw about the pivot

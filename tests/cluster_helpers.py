@@ -140,7 +140,7 @@ def ray_env_pythonpath() -> str:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole session (ray_pipeline.md §7): 4 logical CPUs on
+    """One local Ray for the whole session (docs/batch_job.md#tests-on-two-cores): 4 logical CPUs on
     the 2-core box (2 deadlock Ray Data helpers), no dashboard, quiet progress."""
     ray = pytest.importorskip("ray")
     from ray.data import DataContext

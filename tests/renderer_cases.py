@@ -1,4 +1,4 @@
-"""Shared inputs and an independent reference for the renderer tests (renderer_spec §5)."""
+"""Shared inputs and an independent reference for the renderer tests (docs/method.md#renderer-test-cases)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 
 def smooth_depth(batch: int, size: int, amplitude: float, seed: int, dtype=torch.float64) -> torch.Tensor:
-    """1 + amplitude * (bicubic upsampling of a random 5x5 field in [-1, 1]) (spec §4.3 "smooth")."""
+    """1 + amplitude * (bicubic upsampling of a random 5x5 field in [-1, 1]) (docs/renderer.md "How the torch backend works", "smooth")."""
     gen = torch.Generator().manual_seed(seed)
     field = torch.rand(batch, 1, 5, 5, generator=gen, dtype=torch.float64) * 2 - 1
     up = F.interpolate(field, size=(size, size), mode="bicubic", align_corners=True)[:, 0]
@@ -16,7 +16,7 @@ def smooth_depth(batch: int, size: int, amplitude: float, seed: int, dtype=torch
 
 
 def noisy_depth(batch: int, size: int, sigma: float, seed: int, dtype=torch.float32) -> torch.Tensor:
-    """White-noise depth about 1 (the spec's worst case for candidate counts, §4.3)."""
+    """White-noise depth about 1 (the worst case for candidate counts, docs/renderer.md "How the torch backend works")."""
     gen = torch.Generator().manual_seed(seed)
     return (1.0 + sigma * torch.randn(batch, size, size, generator=gen, dtype=torch.float64)).to(dtype)
 
@@ -27,7 +27,7 @@ def ray_xy(u: torch.Tensor, v: torch.Tensor, size: int, focal: float) -> tuple[t
 
 
 def sphere_depth_at(u, v, size: int, focal: float, radius: float, background: float) -> torch.Tensor:
-    """Depth along the ray through K-pixel (u, v) of a sphere of `radius` centred on (0, 0, 1) (spec §5 T4)."""
+    """Depth along the ray through K-pixel (u, v) of a sphere of `radius` centred on (0, 0, 1) (docs/method.md#renderer-test-cases, T4)."""
     rx, ry = ray_xy(u, v, size, focal)
     r2 = rx**2 + ry**2 + 1
     disc = 1 - r2 * (1 - radius**2)
@@ -36,14 +36,14 @@ def sphere_depth_at(u, v, size: int, focal: float, radius: float, background: fl
 
 
 def nr_sample_offsets() -> list[tuple[float, float]]:
-    """(du, dv) of the four neural_renderer sub-samples of a pixel (spec §2.4)."""
+    """(du, dv) of the four neural_renderer sub-samples of a pixel (docs/method.md#rasterisation-semantics)."""
     return [(a, b) for a in (0.25, 0.75) for b in (0.25, 0.75)]
 
 
 def brute_force_nr_depth(
     verts: torch.Tensor, faces: torch.Tensor, focal: float, size: int
 ) -> tuple[torch.Tensor, int]:
-    """Per-sample loop over all faces with neural_renderer's rules (renderer_spec §2.4, §5 T10).
+    """Per-sample loop over all faces with neural_renderer's rules (docs/method.md#rasterisation-semantics; docs/method.md#renderer-test-cases, T10).
 
     For every one of the (2N)^2 samples: test every face of the fill_back face list
     (originals then reversed copies, back-facing ones skipped), edge-inclusive; keep a
@@ -64,7 +64,7 @@ def brute_force_nr_depth(
     all_faces = torch.cat([faces, faces.flip(-1)], dim=0)
     for b in range(batch):
         X, Y, Z = verts[b].unbind(-1)
-        # Same arithmetic as K (X/Z) then the sample grid s = 2u - 0.5 (spec §4.2).
+        # Same arithmetic as K (X/Z) then the sample grid s = 2u - 0.5 (docs/renderer.md "How the torch backend works").
         sx = ss * (focal * (X / Z) + c0) - 0.5
         sy = ss * (focal * (Y / Z) + c0) - 0.5
         x, y, inv_z = sx[all_faces], sy[all_faces], torch.reciprocal(Z[all_faces])
@@ -98,7 +98,7 @@ def brute_force_nr_depth(
 
 
 def yaw_plane_depth(u: torch.Tensor, d0: float, theta: float, size: int, focal: float, t=(0.0, 0.0, 0.0)):
-    """Depth along ray column u of the plane z = d0 yawed by theta about (0,0,1) (spec §5 T2)."""
+    """Depth along ray column u of the plane z = d0 yawed by theta about (0,0,1) (docs/method.md#renderer-test-cases, T2)."""
     n = (math.sin(theta), 0.0, math.cos(theta))
     offset = (d0 - 1) + math.cos(theta) + sum(a * b for a, b in zip(n, t))
     rx = (u - (size - 1) / 2) / focal

@@ -1,4 +1,4 @@
-"""The driver's Prometheus endpoint and progress line (ray_pipeline.md §4.4)."""
+"""The driver's Prometheus endpoint and progress line (docs/batch_job.md#metrics-and-logs)."""
 from __future__ import annotations
 
 import math

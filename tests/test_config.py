@@ -1,11 +1,11 @@
-"""Presets hold the reference numbers (gan2shape_spec.md §1.3, §7); overrides are checked."""
+"""Presets hold the reference numbers (docs/method.md#stages-and-schedule); overrides are checked."""
 from __future__ import annotations
 
 import pytest
 
 from recon.config import ConfigError, available_presets, load_config, parse_assignments
 
-# (preset, total gradient iterations of spec §1.3, batchsize, image_size, crop, F1_d, num_stage,
+# (preset, total gradient iterations of docs/method.md#stages-and-schedule, batchsize, image_size, crop, F1_d, num_stage,
 #  relative_enc, use_mask, view_scale, collect_iters, rand_light set)
 A = [-1.0, 1.0, -0.2, 0.8, -0.1, 0.6, -0.6]
 B = [-0.9, 0.9, -0.3, 0.8, -0.1, 0.7, -0.4]

@@ -1,4 +1,4 @@
-"""LPIPS v0.1 net-lin VGG16 (spec §2.4, §4): values against an independent numpy version,
+"""LPIPS v0.1 net-lin VGG16 (docs/method.md#frozen-networks, docs/method.md#losses): values against an independent numpy version,
 distance properties, gradients, weight-file errors, and loading from S3."""
 from __future__ import annotations
 

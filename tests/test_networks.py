@@ -1,4 +1,4 @@
-"""D, A, V, L, E (spec §2.1–2.3): layer tables, sizes, the E quirk, and vmap over instances."""
+"""D, A, V, L, E (docs/method.md#networks): layer tables, sizes, the E quirk, and vmap over instances."""
 from __future__ import annotations
 
 import copy
@@ -22,7 +22,7 @@ NAMES = ("netD", "netA", "netV", "netL", "netEnc")
 
 
 def _describe(module: nn.Module) -> tuple:
-    """A module as a row of the spec's tables: kind and the numbers the table gives."""
+    """A module as a row of the reference's layer tables: kind and the numbers the table gives."""
     if isinstance(module, nn.ConvTranspose2d):
         assert module.bias is None
         return ("convT", module.in_channels, module.out_channels, module.kernel_size[0], module.stride[0],
@@ -49,7 +49,7 @@ def _down(cin, cout):
 
 
 def _spec_table_d_128(cout: int) -> list[tuple]:
-    """Spec §2.1, the encoder and decoder tables at 128 (nf=32), written out row by row."""
+    """docs/method.md#networks: the D/A encoder and decoder tables at 128 (nf=32), written out row by row."""
     lrelu, relu = ("lrelu", 0.2), ("relu",)
     enc = [
         _down(3, 32),
@@ -101,7 +101,7 @@ def _gn_params(c):
 
 
 def test_depth_net_parameter_count_at_64_equals_the_table():
-    # Spec §2.1 at 64: nf=64, GN base 16, no extra block, bottleneck 256, cout=1.
+    # docs/method.md#networks at 64: nf=64, GN base 16, no extra block, bottleneck 256, cout=1.
     enc = [
         _conv_params(3, 64, 4), _gn_params(64),
         _conv_params(64, 128, 4), _gn_params(128),
@@ -129,7 +129,7 @@ def test_view_net_parameter_count_at_128_equals_the_table():
 
 
 def test_latent_encoder_structure_and_parameter_count_at_128():
-    # Spec §2.3 at 128: conv 3→32, ResBlockDown 32→64→128→256→512, ReLU, conv 512→1024 (4×4), ReLU, 1×1 →512.
+    # E (docs/method.md#networks) at 128: conv 3→32, ResBlockDown 32→64→128→256→512, ReLU, conv 512→1024 (4×4), ReLU, 1×1 →512.
     def block(cin, cout):
         return _conv_params(cin, cout, 3) + _conv_params(cout, cout, 3) + _conv_params(cin, cout, 1, bias=True)
 

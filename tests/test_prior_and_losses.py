@@ -1,4 +1,4 @@
-"""Ellipsoid prior against the spec's formula, losses against hand-computed values."""
+"""Ellipsoid prior against the formula of docs/method.md#shape-prior, losses against hand-computed values."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from recon.prior import default_box_mask, ellipsoid_box, ellipsoid_prior
 
 
 def _spec_prior(h, w, box, near, far, pivot_row):
-    """Spec §3.4 written out pixel by pixel (independent of recon.prior)."""
+    """docs/method.md#shape-prior written out pixel by pixel (independent of recon.prior)."""
     r_min, r_max, c_min, c_max = box
     R = (c_max - c_min) / 2
     rho = (r_max - r_min) / (c_max - c_min)

@@ -1,4 +1,4 @@
-"""Analytic tests of the depth renderer (renderer_spec §5, T1-T12) and its chunking.
+"""Analytic tests of the depth renderer (docs/method.md#renderer-test-cases) and its chunking.
 
 Every test runs the real renderer; expected values come from closed forms in the
 spec or from the independent brute-force reference in ``renderer_cases``.
@@ -73,7 +73,7 @@ def test_t1_fronto_parallel_plane_identity(dtype, d0):
 @pytest.mark.parametrize("n", [8, 16])
 def test_t1_gradient_pattern_of_identity_view(n):
     # d(sum out)/d(depth) is the barycentric weight mass per vertex: 1 inside, 0.5 on
-    # the first/last row/column, 0.125 at corner (0, 0) (spec §5 T1, T9).
+    # the first/last row/column, 0.125 at corner (0, 0) (docs/method.md#renderer-test-cases, T1 and T9).
     r = DepthRenderer(n)
     depth = torch.full((1, n, n), 1.0, dtype=F64, requires_grad=True)
     r.render_view_depth(depth, view(0, 0, 0, 0, 0, 0)).sum().backward()
@@ -413,7 +413,7 @@ def test_t11_identity_inverse_grid_is_the_align_corners_pixel_grid(mode):
 
 def test_t11_warp_uses_align_corners_true():
     # At identity with a constant depth (centred sampling), the warp must return the
-    # image itself; align_corners=False would resample it (spec §5 T11).
+    # image itself; align_corners=False would resample it (docs/method.md#renderer-test-cases, T11).
     n = 16
     r = DepthRenderer(n, sample_mode="centred")
     image = torch.randn(2, 3, n, n, dtype=F64, generator=torch.Generator().manual_seed(2))
@@ -514,7 +514,7 @@ _MEMORY_PROBE = textwrap.dedent(
 
 def test_noisy_256_depth_is_chunked_and_memory_stays_bounded():
     # White noise makes slivers everywhere: ~4-9M candidate samples per image at 256
-    # (spec §4.3). The search must split them into budget-sized chunks so the peak
+    # (docs/renderer.md "How the torch backend works"). The search must split them into budget-sized chunks so the peak
     # memory does not grow with the noise. Run in a fresh process so that its peak
     # RSS is this render's alone.
     budget = 2**20

@@ -1,9 +1,9 @@
-"""GPU checks of the depth renderer (renderer_spec §4.9). Skipped without CUDA.
+"""GPU checks of the depth renderer (docs/method.md#renderer-test-cases, CUDA parity). Skipped without CUDA.
 
 * torch backend on CUDA vs on CPU: same algorithm, so the same pixels and values up
   to float32 rounding of different kernels.
 * torch backend vs neural_renderer (needs scripts/install_neural_renderer.sh), with
-  the spec's tolerances:
+  the tolerances of docs/method.md#renderer-test-cases:
   - forward, pixels valid in both: max |diff| <= 2e-6; validity differs at <= 0.1% of pixels;
   - backward of L = sum(out * G) over pixels valid in both: relative L2 error of
     dL/d(canonical depth) <= 1e-3, and |diff| <= 1e-5 max|g| at >= 99.5% of vertices;
@@ -25,7 +25,7 @@ from recon.renderer import DepthRenderer  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (renderer_spec §4.9 parity checks)"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CUDA parity checks)"),
 ]
 
 
@@ -38,7 +38,7 @@ def _neural_renderer_importable() -> bool:
 
 
 def _depths(n: int, batch: int) -> torch.Tensor:
-    """Constant, tilted plane, sphere, smooth fields and slightly noisy maps (spec §4.9 inputs)."""
+    """Constant, tilted plane, sphere, smooth fields and slightly noisy maps (docs/method.md#renderer-test-cases, CUDA parity inputs)."""
     f = ((n - 1) / 2) / math.tan(math.radians(5))
     rows, cols = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
     maps = [

@@ -39,7 +39,7 @@ def test_mad_floor_of_the_reference_normals_on_identical_planes():
     plane = torch.ones(1, 64, 64)
     f = 31.5 / math.tan(math.radians(5))
     m = 4 / f ** 2
-    length = m / (m + 1e-7)  # renderer_spec T7: Unsup3D normals are not unit length
+    length = m / (m + 1e-7)  # docs/method.md#renderer-test-cases, T7: Unsup3D normals are not unit length
     got = float(mad(r.normals(plane), r.normals(plane), erode(torch.ones(1, 64, 64))))
     assert got == pytest.approx(math.degrees(math.acos(length ** 2)), abs=1e-3)
     assert 6.4 < got < 6.6
@@ -50,7 +50,7 @@ def test_mad_of_a_plane_against_a_tilted_plane():
     f = 31.5 / math.tan(math.radians(5))
     c = torch.arange(64, dtype=torch.float64)
     theta = math.radians(20)
-    # plane through (0,0,1) with normal (sin t, 0, cos t): depth along each ray, exact (renderer_spec T2)
+    # plane through (0,0,1) with normal (sin t, 0, cos t): depth along each ray, exact (docs/method.md#renderer-test-cases, T2)
     ray_x = (c - 31.5) / f
     tilted = (math.cos(theta) / (math.sin(theta) * ray_x + math.cos(theta))).expand(64, 64)[None].float()
     flat = torch.ones(1, 64, 64)

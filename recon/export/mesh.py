@@ -34,7 +34,7 @@ CAMERA_TO_MESH = np.array([1.0, -1.0, -1.0])
 class CameraIntrinsics:
     """What it takes to unproject a stored depth map: the renderer's camera and depth range.
 
-    Defaults are the reference's (gan2shape_spec §5): FOV 10 degrees, canonical depth in
+    Defaults are the reference's (docs/method.md#renderer-camera): FOV 10 degrees, canonical depth in
     [0.9, 1.1], rotation pivot (0, 0, 1).
     """
 

@@ -1,4 +1,4 @@
-"""Differentiable depth-map renderer of GAN2Shape / Unsup3D (renderer_spec.md).
+"""Differentiable depth-map renderer of GAN2Shape / Unsup3D (docs/method.md#renderer-camera to docs/method.md#normals-and-lambertian-shading; design in docs/renderer.md).
 
 ``DepthRenderer`` renders a canonical depth map as a grid mesh into a viewpoint
 and builds the grids that warp textures between the canonical frame and the view.

@@ -1,12 +1,12 @@
 """The pinhole camera shared by the rasteriser and the warping grids.
 
-Reference: renderer_spec §1.1 and §1.3, gan2shape_spec §5 "Camera". Pixel (row r,
+Reference: docs/method.md#renderer-camera. Pixel (row r,
 column c) sits at K-pixel coordinates (u, v) = (c, r) -- integer pixel centres --
 with the principal point at ((N-1)/2, (N-1)/2) and the focal length
 f = ((N-1)/2) / tan(fov/2). Camera frame: x right, y down, z forward.
 
 The unprojection, projection and grid normalisation go through kornia where the
-spec (§4.11) measured it to be exact: ``unproject_meshgrid``/``depth_to_3d_v2``,
+renderer's design measured it to be exact (docs/method.md#renderer-camera): ``unproject_meshgrid``/``depth_to_3d_v2``,
 ``project_points`` and ``normalize_pixel_coordinates``.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["PinholeCamera", "focal_length"]
 
 
 def focal_length(image_size: int, fov_deg: float) -> float:
-    """Focal length in pixels, f = ((N-1)/2) / tan(fov/2) (renderer_spec §1.1).
+    """Focal length in pixels, f = ((N-1)/2) / tan(fov/2) (docs/method.md#renderer-camera).
 
     725.808 at N=128 and FOV 10 degrees; 360.047 at N=64.
     """
@@ -34,7 +34,7 @@ def focal_length(image_size: int, fov_deg: float) -> float:
 
 
 class PinholeCamera:
-    """Square pinhole camera with Unsup3D's intrinsics (renderer_spec §1.1).
+    """Square pinhole camera with Unsup3D's intrinsics (docs/method.md#renderer-camera).
 
     K is built once in float64 and cast per (dtype, device) on demand, so float64
     callers (tests, gradcheck) get K at full precision while float32 callers pay
@@ -70,7 +70,7 @@ class PinholeCamera:
         return self._cached("K_inv", dtype, device, lambda: self._K64_inv)
 
     def rays(self, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-        """K^-1 [c, r, 1] for every pixel, (1, N, N, 3): the point at depth 1 (spec §1.3).
+        """K^-1 [c, r, 1] for every pixel, (1, N, N, 3): the point at depth 1 (docs/method.md#renderer-camera).
 
         Built with kornia's ``unproject_meshgrid`` in float64, then cast, so that
         float32 rays are the correctly rounded float64 ones.
@@ -83,7 +83,7 @@ class PinholeCamera:
     def unproject(self, depth: torch.Tensor) -> torch.Tensor:
         """Depth map (B, N, N) -> camera-frame points (B, N, N, 3), X = z K^-1 [c, r, 1].
 
-        renderer_spec §1.3 / §1.6 step 1 (integer pixel centres).
+        docs/method.md#renderer-camera, docs/method.md#warping-and-the-valid-mask (integer pixel centres).
         """
         rays = self.rays(depth.dtype, depth.device)
         return depth_to_3d_v2(depth, self.K(depth.dtype, depth.device)[None], xyz_grid=rays)
@@ -91,7 +91,7 @@ class PinholeCamera:
     def project(self, points: torch.Tensor) -> torch.Tensor:
         """Camera-frame points (..., 3) -> K-pixel coordinates (..., 2) in (u, v) = (column, row).
 
-        renderer_spec §1.6 step 3: first two entries of K (X / Z). No epsilon: callers
+        docs/method.md#warping-and-the-valid-mask: first two entries of K (X / Z). No epsilon: callers
         guarantee Z > 0 (clamped depth in [0.8, 1.2] after a rotation about (0,0,1)).
         """
         K = self.K(points.dtype, points.device)
@@ -100,7 +100,7 @@ class PinholeCamera:
     def pixels_to_grid(self, pixels: torch.Tensor) -> torch.Tensor:
         """K-pixel (u, v) -> grid_sample coordinates with the align_corners=True convention.
 
-        renderer_spec §1.6 step 4: g = 2 u / (N - 1) - 1. Feed the result to
+        docs/method.md#warping-and-the-valid-mask: g = 2 u / (N - 1) - 1. Feed the result to
         ``F.grid_sample(..., align_corners=True)``.
         """
         n = self.image_size

@@ -1,4 +1,4 @@
-"""The grid mesh of a depth map (renderer_spec §1.3).
+"""The grid mesh of a depth map (docs/method.md#renderer-camera).
 
 One vertex per pixel, index i(r, c) = r * W + c (row-major). Every cell is split
 along its anti-diagonal (r, c+1)-(r+1, c) into two triangles, stored in two blocks:
@@ -34,5 +34,5 @@ def _grid_faces_cpu(height: int, width: int) -> torch.Tensor:
 
 
 def grid_faces(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Faces (2 (H-1)(W-1), 3) int64 of the H x W grid mesh, in the reference's order (spec §1.3)."""
+    """Faces (2 (H-1)(W-1), 3) int64 of the H x W grid mesh, in the reference's order (docs/method.md#renderer-camera, docs/method.md#rasterisation-semantics)."""
     return _grid_faces_cpu(int(height), int(width)).to(device)

@@ -1,12 +1,12 @@
 """Optional neural_renderer backend for the depth rasterisation (CUDA only).
 
-Reference: renderer_spec §1.5 step 2 (how Unsup3D calls it), §2.1-2.5 (its
-semantics), §3 (building it on torch 2.x). The package is imported lazily, only
+Reference: docs/method.md#rasterisation-semantics (how Unsup3D calls it, and its
+semantics), docs/renderer.md "Verified about the install script" (building it on torch 2.x). The package is imported lazily, only
 when this backend is asked for, because it has no CPU path at all: even
-constructing ``nr.Renderer`` allocates CUDA tensors (§2.1).
+constructing ``nr.Renderer`` allocates CUDA tensors (README "Renderer backends").
 
 The PyPI release 1.1.3 does not build on torch >= 2.6 without source edits;
-``scripts/install_neural_renderer.sh`` applies them (spec §3.2).
+``scripts/install_neural_renderer.sh`` applies them (docs/renderer.md "Verified about the install script").
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ class NeuralRendererUnavailable(RuntimeError):
 
 
 class NeuralRendererDepth:
-    """Depth rasterisation through ``neural_renderer.Renderer.render_depth`` (spec §1.5 step 2).
+    """Depth rasterisation through ``neural_renderer.Renderer.render_depth`` (docs/method.md#rasterisation-semantics).
 
     Configured exactly like Unsup3D: projection mode, K of the renderer, R = I,
     t = 0, ``image_size = orig_size = N``, ``fill_back=True``, anti-aliasing on. The
-    depth path ignores near/far and uses the library defaults 0.1 / 100 (spec §2.1),
+    depth path ignores near/far and uses the library defaults 0.1 / 100 (README "Renderer backends"),
     so the background is 100 like the torch backend's.
     """
 

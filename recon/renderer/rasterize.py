@@ -1,21 +1,21 @@
 """Pure-torch, vectorised z-buffer rasteriser for the depth of a triangle mesh.
 
-Reference: renderer_spec §4 (design), §2.4 (the neural_renderer semantics it
-reproduces) and §2.5 (its gradient).
+Reference: docs/renderer.md "How the torch backend works" (design), docs/method.md#rasterisation-semantics (the neural_renderer
+semantics it reproduces, and its gradient).
 
 Pipeline, all batched and without Python loops over faces or pixels:
 
-1. Project the view-space vertices to *sample* coordinates (§4.2). Sample (j, i)
+1. Project the view-space vertices to *sample* coordinates. Sample (j, i)
    of the supersampled grid sits at the integer point (j, i).
 2. Without gradients, enumerate for every triangle the samples inside its bounding
-   box (the "ragged bbox" expansion, §4.3), in chunks of at most
+   box (the "ragged bbox" expansion), in chunks of at most
    ``candidate_budget`` candidates so that memory is bounded whatever the geometry.
 3. Edge-inclusive inside test, perspective-correct depth, and a deterministic
    z-test: strict ``<`` and the lowest face (in neural_renderer's fill_back order)
-   wins ties (§4.4-4.5).
+   wins ties.
 4. With gradients, recompute the barycentrics and depth of each sample's winning
    face only, scatter into a background-filled buffer and average-pool the
-   supersamples (§4.6). This is exactly neural_renderer's depth gradient (§2.5):
+   supersamples. This is exactly neural_renderer's depth gradient (docs/method.md#rasterisation-semantics):
    no silhouette or visibility gradient, nothing for the background.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ _INT64_MAX = torch.iinfo(torch.int64).max
 
 @dataclass(frozen=True)
 class SampleGrid:
-    """Where the rasteriser samples, in K-pixel units (renderer_spec §4.1).
+    """Where the rasteriser samples, in K-pixel units (docs/renderer.md "How the torch backend works").
 
     Sample j of the ``supersample * N`` grid sits at K-pixel (j + offset) / supersample;
     output pixels average ``supersample x supersample`` samples. ``eps`` widens the
@@ -45,16 +45,16 @@ class SampleGrid:
 
 
 #: neural_renderer with anti-aliasing: 2N x 2N samples at c + {0.25, 0.75}, 2x2 average,
-#: exact edge-inclusive test (renderer_spec §2.4, §4.1 "nr").
+#: exact edge-inclusive test (docs/method.md#rasterisation-semantics; docs/renderer.md "How the torch backend works", "nr").
 NR_SAMPLES = SampleGrid(supersample=2, offset=0.5, eps=0.0)
 #: One sample per pixel at the integer pixel centre, the grid maths' convention.
-#: The small eps keeps mesh-boundary samples, which sit exactly on edges (§4.1 "centred").
+#: The small eps keeps mesh-boundary samples, which sit exactly on edges ("centred").
 CENTRED_SAMPLES = SampleGrid(supersample=1, offset=0.0, eps=1e-5)
 
 
 @dataclass
 class RasterStats:
-    """Work counters of one rasteriser call, for tests and benchmarks (renderer_spec §4.3, §4.8)."""
+    """Work counters of one rasteriser call, for tests and benchmarks (docs/renderer.md "How the torch backend works", docs/renderer.md "Figures")."""
 
     faces_with_candidates: int = 0
     candidates: int = 0
@@ -66,7 +66,7 @@ class RasterStats:
 def _edge_functions(
     x: Sequence[torch.Tensor], y: Sequence[torch.Tensor], px: torch.Tensor, py: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Twice the signed areas of the sub-triangles opposite each corner (renderer_spec §4.4).
+    """Twice the signed areas of the sub-triangles opposite each corner (docs/renderer.md "How the torch backend works").
 
     x, y: the three corners' sample coordinates, each (M,); px, py: (M,) sample points.
     e_k is the cross product (v_{k+1} - p) x (v_{k+2} - p); e0 + e1 + e2 is twice the
@@ -87,7 +87,7 @@ def _edge_functions(
 
 
 def _inside(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, area: torch.Tensor, eps: float) -> torch.Tensor:
-    """Edge-inclusive, orientation-independent inside test: all weights >= -eps (spec §4.4).
+    """Edge-inclusive, orientation-independent inside test: all weights >= -eps (docs/renderer.md "How the torch backend works").
 
     `area` = e0 + e1 + e2. Compares signs instead of dividing. With eps = 0 (neural_renderer's
     inclusive test) a sample is inside iff the three e_k share a sign (zeros allowed), which
@@ -106,7 +106,7 @@ def _inside(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, area: torch.Te
 def _interpolated_depth(
     e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, area: torch.Tensor, inv_z: Sequence[torch.Tensor]
 ) -> torch.Tensor:
-    """Perspective-correct depth 1 / sum_k w_k / z_k = A / sum_k e_k / z_k (spec §2.4, §4.4).
+    """Perspective-correct depth 1 / sum_k w_k / z_k = A / sum_k e_k / z_k (docs/method.md#rasterisation-semantics, docs/renderer.md "How the torch backend works").
 
     inv_z: the three corners' reciprocal depths, each (M,); area = e0 + e1 + e2. Exactly the depth of the
     triangle's plane along the sample's ray; one division per sample.
@@ -115,7 +115,7 @@ def _interpolated_depth(
 
 
 def _chunk_bounds(cum_counts: torch.Tensor, budget: int) -> list[tuple[int, int]]:
-    """Split pairs into consecutive runs whose candidate counts sum to <= budget (spec §4.3).
+    """Split pairs into consecutive runs whose candidate counts sum to <= budget (docs/renderer.md "How the torch backend works").
 
     A single face larger than the budget forms a chunk of its own (at most
     (ss N)^2 samples), so the bound is max(budget, (ss N)^2).
@@ -148,8 +148,8 @@ def rasterize_depth(
 ) -> torch.Tensor:
     """Depth map (B, H, W) of the mesh `verts` (B, V, 3, camera frame) / `faces` (F, 3).
 
-    renderer_spec §4.1-4.7, reproducing neural_renderer's ``render_depth`` in
-    projection mode (§2.4) when ``samples`` is ``NR_SAMPLES``: samples without a
+    docs/renderer.md "How the torch backend works", reproducing neural_renderer's ``render_depth`` in
+    projection mode (docs/method.md#rasterisation-semantics) when ``samples`` is ``NR_SAMPLES``: samples without a
     face in (near, far) get `far` (100, the background), and the supersamples are
     averaged, so any partly covered pixel is >= (3 * 0.8 + 100) / 4.
 
@@ -182,7 +182,7 @@ def rasterize_depth(
     rows, cols = ss * height, ss * width
     plane = rows * cols
 
-    # 1. Projection to sample units (spec §4.2): s = ss * (f X / Z + c) - offset.
+    # 1. Projection to sample units (docs/renderer.md "How the torch backend works"): s = ss * (f X / Z + c) - offset.
     X, Y, Z = verts.unbind(-1)
     sx = ss * (focal[0] * (X / Z) + principal[0]) - samples.offset
     sy = ss * (focal[1] * (Y / Z) + principal[1]) - samples.offset
@@ -193,12 +193,12 @@ def rasterize_depth(
             candidate_budget, winner_selection, stats,
         )  # fmt: skip
 
-    # 4. Differentiable recomputation for the winning face of each covered sample (§4.6).
+    # 4. Differentiable recomputation for the winning face of each covered sample.
     b = winners // plane
     rem = winners - b * plane
     py = rem // cols
     px = rem - py * cols
-    # fill_back face list (spec §2.4): originals, then the reversed copies.
+    # fill_back face list (docs/method.md#rasterisation-semantics): originals, then the reversed copies.
     drawn_faces = torch.cat([faces, faces.flip(-1)], dim=0)
     corner_ids = (drawn_faces.index_select(0, drawn_face) + (b * num_verts)[:, None]).t().contiguous()
     sx, sy, Z = sx.reshape(-1), sy.reshape(-1), Z.reshape(-1)
@@ -225,7 +225,7 @@ def _search_winners(
     winner_selection: str,
     stats: RasterStats | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """No-grad z-buffer search (renderer_spec §4.3-4.5).
+    """No-grad z-buffer search (docs/renderer.md "How the torch backend works").
 
     Returns the flat indices (b * rows + y) * cols + x of covered samples and, for
     each, the winning face as an index into neural_renderer's fill_back list
@@ -237,13 +237,13 @@ def _search_winners(
     plane = rows * cols
 
     # Per-face corners (B, F, 3). Faces with a non-finite corner or a corner at or in
-    # front of the near plane are skipped (guards the divisions; spec §4.4).
+    # front of the near plane are skipped (guards the divisions; docs/renderer.md "How the torch backend works").
     fx, fy, fz = sx[:, faces], sy[:, faces], z[:, faces]
     usable = (torch.isfinite(fx) & torch.isfinite(fy) & torch.isfinite(fz) & (fz > near)).all(-1)
     fx = torch.where(usable[..., None], fx, 0.0)
     fy = torch.where(usable[..., None], fy, 0.0)
 
-    # Bounding boxes in sample units (spec §4.3 step 1), widened by a rounding margin
+    # Bounding boxes in sample units (docs/renderer.md "How the torch backend works"), widened by a rounding margin
     # (and by eps times the extent where the inside test is eps-widened) so that every
     # sample the inside test can accept is a candidate.
     lo_x, hi_x = fx.amin(-1), fx.amax(-1)
@@ -262,7 +262,7 @@ def _search_winners(
     cum = torch.cumsum(counts, 0)
     pair_b = pair // num_faces
     pair_f = pair - pair_b * num_faces
-    # neural_renderer with fill_back (spec §2.4) draws, of each face and its reversed
+    # neural_renderer with fill_back (docs/method.md#rasterisation-semantics) draws, of each face and its reversed
     # copy, the one facing the camera in its y-up NDC: the original (index f) when the
     # signed area in our y-down sample frame is <= 0, else the copy (index F + f) with
     # its corners in reversed order. That index is also the z-test's tie order.
@@ -302,7 +302,7 @@ def _search_winners(
         base = int(cum_cpu[start - 1]) if start > 0 else 0
         total = int(cum_cpu[end - 1]) - base
         max_chunk = max(max_chunk, total)
-        # Ragged expansion without padding (spec §4.3 step 3): candidate k of pair j is
+        # Ragged expansion without padding (docs/renderer.md "How the torch backend works"): candidate k of pair j is
         # sample (x0 + k mod w, y0 + k div w) of j's box.
         chunk_counts = counts[start:end]
         local = torch.repeat_interleave(
@@ -330,7 +330,7 @@ def _search_winners(
         tie_c = tie[start:end].index_select(0, local)
         del local
         if winner_selection == "packed":
-            # Positive float32 bit patterns order like the values (spec §4.5).
+            # Positive float32 bit patterns order like the values (docs/renderer.md "How the torch backend works").
             key = depth.to(torch.float32).view(torch.int32).long()
             key = torch.where(ok, key.bitwise_left_shift_(32).bitwise_or_(tie_c), _INT64_MAX)
             zkey.scatter_reduce_(0, pixel, key, reduce="amin", include_self=True)

@@ -1,7 +1,7 @@
 """DepthRenderer: the differentiable depth-map renderer of GAN2Shape / Unsup3D.
 
-Reference: renderer_spec §1 (the Unsup3D renderer as GAN2Shape uses it), §4
-(the pure-torch rasteriser), gan2shape_spec §5 (rendering pipeline).
+Reference: docs/method.md#renderer-camera to docs/method.md#normals-and-lambertian-shading (the Unsup3D renderer as GAN2Shape
+uses it, the rendering pipeline), docs/renderer.md "How the torch backend works" (the pure-torch rasteriser).
 
 The method renders a canonical depth map as a grid mesh into a new viewpoint
 (`render_view_depth`), then inverse-warps the canonical texture with
@@ -9,10 +9,10 @@ The method renders a canonical depth map as a grid mesh into a new viewpoint
 Quirks of the reference are the defaults; fixes are named options:
 
 * ``sample_mode="nr"``: neural_renderer's 2x2 supersampling at half-pixel offsets
-  (identity view is a 2x2 blend, last row/column invalid; spec finding 3).
+  (identity view is a 2x2 blend, last row/column invalid; docs/method.md#rasterisation-semantics).
   ``"centred"`` samples at the integer pixel centres the grid maths uses.
 * ``unit_normals=False``: normals are n / (|n| + 1e-7), about 0.987 long at N=128
-  (spec finding 6). ``True`` normalises exactly.
+  (docs/method.md#normals-and-lambertian-shading). ``True`` normalises exactly.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from .transforms import RigidTransform, canon_to_view, rigid_from_view, rotation
 
 __all__ = ["DepthRenderer", "WarpResult", "BACKGROUND_DEPTH"]
 
-#: Depth of samples no face covers: neural_renderer's default far plane (renderer_spec §0 finding 1).
+#: Depth of samples no face covers: neural_renderer's default far plane (docs/method.md#rasterisation-semantics).
 BACKGROUND_DEPTH = 100.0
 #: neural_renderer's default near plane; faces and samples at or before it are dropped.
 NEAR_DEPTH = 0.1
@@ -41,7 +41,7 @@ _SAMPLE_MODES = {"nr": NR_SAMPLES, "centred": CENTRED_SAMPLES}
 
 
 class WarpResult(NamedTuple):
-    """Output of `DepthRenderer.warp_canonical` (renderer_spec §1.5-1.6, §1.9)."""
+    """Output of `DepthRenderer.warp_canonical` (docs/method.md#warping-and-the-valid-mask)."""
 
     image: torch.Tensor  # (B, C, H, W), not clamped, not masked
     view_depth: torch.Tensor  # (B, H, W), clamped to [min - m, max + m]
@@ -52,7 +52,7 @@ class WarpResult(NamedTuple):
 class DepthRenderer:
     """Render canonical depth maps into other viewpoints and build the warping grids.
 
-    Parameters (reference defaults, renderer_spec §1.1): ``fov`` 10 degrees (full
+    Parameters (reference defaults, docs/method.md#renderer-camera): ``fov`` 10 degrees (full
     angle), canonical depth range [``min_depth``, ``max_depth``] = [0.9, 1.1], rotation
     pivot (0, 0, ``rot_center_depth`` = 1). The rendered depth is clamped to
     [min - m, max + m] with m = (max - min)/2, i.e. [0.8, 1.2], and a pixel is valid
@@ -60,7 +60,7 @@ class DepthRenderer:
 
     ``backend``: "torch" (default; CPU and CUDA) or "neural_renderer" (CUDA only,
     optional package; a clear RuntimeError otherwise). ``candidate_budget`` bounds the
-    torch rasteriser's working set (renderer_spec §4.3, §4.8).
+    torch rasteriser's working set (docs/renderer.md "How the torch backend works", docs/renderer.md "Figures").
     """
 
     def __init__(
@@ -150,23 +150,23 @@ class DepthRenderer:
 
     # ------------------------------------------------------------------ geometry
     def depth_to_3d_grid(self, depth: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) depth -> (B, H, W, 3) points X = z K^-1 [c, r, 1] (renderer_spec §1.3)."""
+        """(B, H, W) depth -> (B, H, W, 3) points X = z K^-1 [c, r, 1] (docs/method.md#renderer-camera)."""
         self._check_maps("depth", depth)
         return self.camera.unproject(depth)
 
     def canon_to_view(self, points: torch.Tensor, view: torch.Tensor | RigidTransform) -> torch.Tensor:
-        """(B, ..., 3) canonical points -> view frame, p_v = R (p_c - c) + c + t (spec §1.4)."""
+        """(B, ..., 3) canonical points -> view frame, p_v = R (p_c - c) + c + t (docs/method.md#rigid-transform)."""
         return canon_to_view(points, self._rigid(view, points), self._pivot(points))
 
     def view_to_canon(self, points: torch.Tensor, view: torch.Tensor | RigidTransform) -> torch.Tensor:
-        """(B, ..., 3) view-frame points -> canonical, p_c = R^T (p_v - t - c) + c (spec §1.4)."""
+        """(B, ..., 3) view-frame points -> canonical, p_c = R^T (p_v - t - c) + c (docs/method.md#rigid-transform)."""
         return view_to_canon(points, self._rigid(view, points), self._pivot(points))
 
     # ------------------------------------------------------------------ rendering
     def render_view_depth_unclamped(
         self, canon_depth: torch.Tensor, view: torch.Tensor | RigidTransform
     ) -> torch.Tensor:
-        """Rasterised view-space depth before the clamp; background samples are 100 (spec §1.5 step 2)."""
+        """Rasterised view-space depth before the clamp; background samples are 100 (docs/method.md#rasterisation-semantics)."""
         self._check_maps("canon_depth", canon_depth)
         self._check_depth_values("canon_depth", canon_depth)
         rigid = self._rigid(view, canon_depth)
@@ -194,23 +194,23 @@ class DepthRenderer:
         return depth
 
     def render_view_depth(self, canon_depth: torch.Tensor, view: torch.Tensor | RigidTransform) -> torch.Tensor:
-        """Canonical depth (B, H, W) -> depth seen from `view`, clamped to [0.8, 1.2] (spec §1.5).
+        """Canonical depth (B, H, W) -> depth seen from `view`, clamped to [0.8, 1.2] (docs/method.md#rasterisation-semantics).
 
         Differentiable w.r.t. `canon_depth` (and `view`) through the winning faces'
-        interpolation only (spec §2.5, §4.10); clamped pixels get no gradient.
+        interpolation only (docs/method.md#rasterisation-semantics, docs/renderer.md "How the torch backend works"); clamped pixels get no gradient.
         """
         raw = self.render_view_depth_unclamped(canon_depth, view)
         return raw.clamp(self.clamp_min, self.clamp_max)
 
     def valid_mask(self, view_depth: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) float mask, 1 where view_depth < max + m (strict), detached (spec §1.9)."""
+        """(B, H, W) float mask, 1 where view_depth < max + m (strict), detached (docs/method.md#warping-and-the-valid-mask)."""
         return (view_depth.detach() < self.clamp_max).to(view_depth.dtype)
 
     def _grid_from_points(self, points: torch.Tensor) -> torch.Tensor:
         return self.camera.pixels_to_grid(self.camera.project(points))
 
     def inverse_warp_grid(self, view_depth: torch.Tensor, view: torch.Tensor | RigidTransform) -> torch.Tensor:
-        """View pixel -> canonical position, (B, H, W, 2) for grid_sample(align_corners=True) (spec §1.6).
+        """View pixel -> canonical position, (B, H, W, 2) for grid_sample(align_corners=True) (docs/method.md#warping-and-the-valid-mask).
 
         Unprojects every view pixel with its (clamped) depth at integer pixel centres,
         maps it to the canonical frame and projects it. Background pixels (depth 1.2)
@@ -222,7 +222,7 @@ class DepthRenderer:
         return self._grid_from_points(points)
 
     def forward_warp_grid(self, canon_depth: torch.Tensor, view: torch.Tensor | RigidTransform) -> torch.Tensor:
-        """Canonical pixel -> its position in `view`, (B, H, W, 2), align_corners=True (spec §1.7).
+        """Canonical pixel -> its position in `view`, (B, H, W, 2), align_corners=True (docs/method.md#warping-and-the-valid-mask).
 
         No z-buffer: occluded canonical points map too. GAN2Shape samples the
         image-space object mask with it to get the canonical mask.
@@ -239,7 +239,7 @@ class DepthRenderer:
         view: torch.Tensor | RigidTransform,
         mode: str = "bilinear",
     ) -> WarpResult:
-        """Warp a canonical image (B, C, H, W) into `view` (spec §1.5-1.6).
+        """Warp a canonical image (B, C, H, W) into `view` (docs/method.md#warping-and-the-valid-mask).
 
         Returns WarpResult(image, view_depth, grid, valid_mask). The image is neither
         clamped nor masked: GAN2Shape clamps it to [-1, 1] and masks inside its losses.
@@ -255,7 +255,7 @@ class DepthRenderer:
 
     # ------------------------------------------------------------------ shading
     def normals(self, depth: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) depth -> (B, H, W, 3) normals (renderer_spec §1.8).
+        """(B, H, W) depth -> (B, H, W, 3) normals (docs/method.md#normals-and-lambertian-shading).
 
         Central differences of the unprojected grid, (0, 0, 1) on the 1-pixel frame,
         n / (|n| + 1e-7) unless the renderer was built with ``unit_normals=True``.
@@ -277,7 +277,7 @@ class DepthRenderer:
     ) -> torch.Tensor:
         """Render the canonical image under a yaw sweep then a pitch sweep: (B, n_views, C, H, W).
 
-        renderer_spec §1.10 (GAN2Shape's ``render_view`` with ``grid_sample=True``):
+        docs/method.md#outputs (GAN2Shape's ``render_view`` with ``grid_sample=True``):
         each view rotates about the pivot; uncovered pixels get `background` (white in
         [-1, 1] images); the result is clamped to `value_range` (None: no clamp).
         `base_view` (B, 6) is combined with each rotation: ``compose="add"`` adds the
@@ -320,7 +320,7 @@ class DepthRenderer:
         background: float = 1.0,
         value_range: tuple[float, float] | None = (-1.0, 1.0),
     ) -> torch.Tensor:
-        """Relit images seen from `view`: (B, n_lights, C, H, W) (gan2shape_spec §8.1, renderer_spec §1.9).
+        """Relit images seen from `view`: (B, n_lights, C, H, W) (docs/method.md#outputs, docs/method.md#normals-and-lambertian-shading).
 
         `albedo01` (B, C, H, W) in [0, 1]; `lights` (n_lights, 4) or (B, n_lights, 4) rows
         (ambient, diffuse, dx, dy) with direction normalize(dx, dy, 1) -- e.g.

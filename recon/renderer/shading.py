@@ -1,7 +1,7 @@
 """Normals from depth, the light parametrisation and Lambertian shading.
 
-Reference: renderer_spec §1.8 (normals) and §1.9 (light, shading), gan2shape_spec §5
-"Normals" and "Shading", §8.1 (relighting grid).
+Reference: docs/method.md#normals-and-lambertian-shading (normals, light, shading), docs/method.md#outputs
+(relighting grid).
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ __all__ = [
     "lights_from_table",
 ]
 
-#: Unsup3D normalises normals as n / (|n| + 1e-7) (renderer_spec §1.8 step 4).
+#: Unsup3D normalises normals as n / (|n| + 1e-7) (docs/method.md#normals-and-lambertian-shading).
 UNSUP3D_NORMAL_EPS = 1e-7
 
 
 def normals_from_points(points: torch.Tensor, unit: bool = False) -> torch.Tensor:
-    """Normals of the point grid (B, H, W, 3) -> (B, H, W, 3) (renderer_spec §1.8).
+    """Normals of the point grid (B, H, W, 3) -> (B, H, W, 3) (docs/method.md#normals-and-lambertian-shading).
 
     Interior: n = (P[r, c+1] - P[r, c-1]) x (P[r+1, c] - P[r-1, c]); the 1-pixel frame
     is (0, 0, 1). By default (``unit=False``) n / (|n| + 1e-7), the reference's
@@ -54,7 +54,7 @@ def normals_from_points(points: torch.Tensor, unit: bool = False) -> torch.Tenso
 
 
 class Light(NamedTuple):
-    """Ambient (B,), diffuse strength (B,), unit direction (B, 3) (renderer_spec §1.9)."""
+    """Ambient (B,), diffuse strength (B,), unit direction (B, 3) (docs/method.md#normals-and-lambertian-shading)."""
 
     ambient: torch.Tensor
     diffuse: torch.Tensor
@@ -71,7 +71,7 @@ def light_from_network(
     ambient_range: tuple[float, float] = (0.0, 1.0),
     diffuse_range: tuple[float, float] = (0.0, 1.0),
 ) -> Light:
-    """Light network tanh output (B, 4) -> Light (renderer_spec §1.9).
+    """Light network tanh output (B, 4) -> Light (docs/method.md#normals-and-lambertian-shading).
 
     a = l0/2 + 0.5 and b = l1/2 + 0.5 with the default [0, 1] ranges (GAN2Shape
     hard-codes these); direction = normalize(l2, l3, 1). Add any light prior mean
@@ -86,7 +86,7 @@ def light_from_network(
 
 
 def lambertian_diffuse(normals: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """max(0, n . l): normals (B, H, W, 3), direction (B, 3) -> (B, H, W) (renderer_spec §1.9)."""
+    """max(0, n . l): normals (B, H, W, 3), direction (B, 3) -> (B, H, W) (docs/method.md#normals-and-lambertian-shading)."""
     if normals.ndim != 4 or normals.shape[-1] != 3:
         raise ValueError(f"normals must have shape (B, H, W, 3), got {tuple(normals.shape)}")
     if direction.shape != (normals.shape[0], 3):
@@ -95,12 +95,12 @@ def lambertian_diffuse(normals: torch.Tensor, direction: torch.Tensor) -> torch.
 
 
 def shading_map(ambient: torch.Tensor, diffuse: torch.Tensor, diffuse_map: torch.Tensor) -> torch.Tensor:
-    """s = a + b * max(0, n . l): (B,), (B,), (B, H, W) -> (B, H, W) (renderer_spec §1.9)."""
+    """s = a + b * max(0, n . l): (B,), (B,), (B, H, W) -> (B, H, W) (docs/method.md#normals-and-lambertian-shading)."""
     return ambient[:, None, None] + diffuse[:, None, None] * diffuse_map
 
 
 def compose_shaded_image(albedo01: torch.Tensor, shading: torch.Tensor) -> torch.Tensor:
-    """Canonical image T = albedo01 * s * 2 - 1 (renderer_spec §1.9), (B, C, H, W).
+    """Canonical image T = albedo01 * s * 2 - 1 (docs/method.md#normals-and-lambertian-shading), (B, C, H, W).
 
     `albedo01` is the albedo in [0, 1] (a/2 + 0.5 of the tanh albedo). T can leave
     [-1, 1]; only the warped image is clamped.
@@ -126,7 +126,7 @@ def lights_from_table(lights: torch.Tensor, batch: int) -> Light:
 
 
 def relighting_lights(ambient: torch.Tensor, diffuse: torch.Tensor) -> torch.Tensor:
-    """GAN2Shape's 20 relighting conditions around a fitted light (gan2shape_spec §8.1).
+    """GAN2Shape's 20 relighting conditions around a fitted light (docs/method.md#outputs).
 
     Directions x in {-1.5, -0.7, 0, 0.7, 1.5}, y in {0, 0.6}, strength rho in {0.3, 0.6};
     ambient k_a - 0.6 rho and diffuse k_d + rho. Returns (B, 20, 4) rows

@@ -1,6 +1,6 @@
 """Viewpoint parametrisation and the rigid canonical <-> view transform.
 
-Reference: renderer_spec §1.4, gan2shape_spec §5 "Rigid transform".
+Reference: docs/method.md#rigid-transform.
 
 * A view is a (B, 6) tensor (rx, ry, rz, tx, ty, tz): rotations in radians (pitch,
   yaw, roll), translations in world units. (B, 5) means tz = 0 and (B, 3) means
@@ -27,7 +27,7 @@ __all__ = [
 
 
 class RigidTransform(NamedTuple):
-    """canonical -> view transform p_v = R (p_c - c) + c + t (renderer_spec §1.4).
+    """canonical -> view transform p_v = R (p_c - c) + c + t (docs/method.md#rigid-transform).
 
     R: (B, 3, 3); t: (B, 3). The pivot c lives with the renderer.
     """
@@ -39,7 +39,7 @@ class RigidTransform(NamedTuple):
         """Compose with a further rotation `extra` (B, 3, 3) about the pivot, applied after this one.
 
         R_e (p_v - c) + c = (R_e R)(p_c - c) + c + R_e t. A true rotation composition,
-        unlike GAN2Shape's visualisation which adds 6-vectors (spec §1.10).
+        unlike GAN2Shape's visualisation which adds 6-vectors (docs/method.md#outputs).
         """
         return RigidTransform(extra @ self.R, (extra @ self.t.unsqueeze(-1)).squeeze(-1))
 
@@ -47,7 +47,7 @@ class RigidTransform(NamedTuple):
 def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
     """(B, 3) angles (rx, ry, rz) in radians -> (B, 3, 3) R = Rz(rz) @ Ry(ry) @ Rx(rx).
 
-    renderer_spec §1.4. Written out in closed form (the product of the three
+    docs/method.md#rigid-transform. Written out in closed form (the product of the three
     elementary matrices) so that it is one small elementwise graph; tests check it
     against the explicit product and kornia's quaternion route.
     """
@@ -75,7 +75,7 @@ def view_from_network(
 ) -> torch.Tensor:
     """Scale the view network's tanh output (B, 6) to (rx, ry, rz [rad], tx, ty, tz).
 
-    renderer_spec §1.4: angles = v[:, :3] * pi/180 * xyz_rotation_range (60 -> +-60 deg),
+    docs/method.md#rigid-transform, docs/method.md#view-and-light-from-the-network-outputs: angles = v[:, :3] * pi/180 * xyz_rotation_range (60 -> +-60 deg),
     (tx, ty) = v[:, 3:5] * xy_translation_range (0.1), tz = v[:, 5] * z_translation_range
     (0 in every GAN2Shape config). Any prior mean (``add_mean_V``) must be added to `v`
     before calling this, as the reference does.
@@ -89,7 +89,7 @@ def view_from_network(
 
 
 def _split_view(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 6|5|3) view -> angles (B, 3), translation (B, 3) (renderer_spec §1.4)."""
+    """(B, 6|5|3) view -> angles (B, 3), translation (B, 3) (docs/method.md#rigid-transform)."""
     if not isinstance(view, torch.Tensor):
         raise TypeError(f"view must be a torch.Tensor, got {type(view).__name__}")
     if view.ndim != 2 or view.shape[-1] not in (3, 5, 6):
@@ -110,7 +110,7 @@ def _split_view(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rigid_from_view(view: torch.Tensor) -> RigidTransform:
-    """View vector -> RigidTransform(R, t) (renderer_spec §1.4)."""
+    """View vector -> RigidTransform(R, t) (docs/method.md#rigid-transform)."""
     angles, t = _split_view(view)
     return RigidTransform(rotation_matrix(angles), t)
 
@@ -123,7 +123,7 @@ def _check_points(points: torch.Tensor, batch: int) -> None:
 
 
 def canon_to_view(points: torch.Tensor, rigid: RigidTransform, pivot: torch.Tensor) -> torch.Tensor:
-    """p_v = R (p_c - c) + c + t for points (B, ..., 3) (renderer_spec §1.4)."""
+    """p_v = R (p_c - c) + c + t for points (B, ..., 3) (docs/method.md#rigid-transform)."""
     R, t = rigid
     _check_points(points, R.shape[0])
     flat = points.reshape(points.shape[0], -1, 3)
@@ -132,7 +132,7 @@ def canon_to_view(points: torch.Tensor, rigid: RigidTransform, pivot: torch.Tens
 
 
 def view_to_canon(points: torch.Tensor, rigid: RigidTransform, pivot: torch.Tensor) -> torch.Tensor:
-    """p_c = R^T (p_v - t - c) + c for points (B, ..., 3) (renderer_spec §1.4)."""
+    """p_c = R^T (p_v - t - c) + c for points (B, ..., 3) (docs/method.md#rigid-transform)."""
     R, t = rigid
     _check_points(points, R.shape[0])
     flat = points.reshape(points.shape[0], -1, 3)

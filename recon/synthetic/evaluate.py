@@ -40,7 +40,7 @@ def score_view_depth(view_depth: torch.Tensor, valid: torch.Tensor, inst: Synthe
 
 
 def score_result(result: ReconstructionResult, inst: SyntheticInstance, renderer: DepthRenderer) -> dict:
-    """Metrics of the method's view-space depth (the protocol's prediction, spec §8.2)."""
+    """Metrics of the method's view-space depth (the protocol's prediction, docs/method.md#evaluation-side-and-mad)."""
     pred = torch.from_numpy(result.view_depth)[None]
     valid = torch.from_numpy(result.valid_mask.astype("float32"))[None]
     return score_view_depth(pred, valid, inst, renderer)

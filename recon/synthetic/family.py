@@ -5,7 +5,7 @@ ellipsoidal face in front of a background plane, with a nose, brow ridge, eye
 sockets and chin of random size and position; an albedo with skin and
 background colours, darker eyes, redder lips and low-frequency texture; a
 Lambertian light; a viewpoint (yaw +-30, pitch +-15 degrees). It is rendered
-with the project's own renderer exactly as the method models images (spec §5):
+with the project's own renderer exactly as the method models images (docs/method.md#renderer-camera to docs/method.md#normals-and-lambertian-shading):
 canonical texture = albedo * (k_a + k_d max(0, n.l)), inverse-warped into the
 view. So every sample carries its image *and* the canonical depth, view-space
 depth, normals, albedo, light and view that produced it.

@@ -1,4 +1,4 @@
-"""SIDE and MAD exactly as Unsup3D/GAN2Shape compute them on BFM (spec §8.2).
+"""SIDE and MAD exactly as Unsup3D/GAN2Shape compute them on BFM (docs/method.md#evaluation-side-and-mad).
 
 Both compare view-space depth maps at the evaluation resolution. The ground
 truth's foreground is ``gt < max(gt)``; it and the prediction's valid mask are

@@ -2,7 +2,7 @@
 
 The reference never trains V, L, D, A and E from scratch for its quantitative test: every
 BFM test image starts from ``synface_pretrain.pth``, eight stages of joint training over many
-GAN samples (spec §1.3, §8.2). Fitting the ellipsoid with fresh networks per image is the
+GAN samples (docs/method.md#stages-and-schedule, docs/method.md#evaluation-side-and-mad). Fitting the ellipsoid with fresh networks per image is the
 car/church protocol. This module makes the synface-protocol start for the synthetic instrument:
 joint training (``recon.joint``, preset ``synthetic_pretrain``) over *training* samples of the
 family (seeds below ``HELD_OUT_SEED_BASE``, so never an evaluation instance), saved next to the
