@@ -19,7 +19,6 @@ from cluster_helpers import (
     by_id,
     ray_session,  # noqa: F401  (fixture)
     read_output,
-    tiny_results,  # noqa: F401  (fixture)
 )
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240), pytest.mark.slow]

@@ -26,7 +26,6 @@ from cluster_helpers import (
     job_config,
     ray_session,  # noqa: F401  (fixture)
     read_output,
-    tiny_results,  # noqa: F401  (fixture)
     tiny_rows,
     write_bundle,
     write_dataset,

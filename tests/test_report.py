@@ -29,7 +29,6 @@ from cluster_helpers import (
     by_id,
     ray_session,  # noqa: F401  (fixture)
     read_output,
-    tiny_results,  # noqa: F401  (fixture)
     tiny_rows,
 )
 
