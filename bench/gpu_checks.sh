@@ -31,8 +31,8 @@ stamp() { echo "[gpu_checks] $1 at +$(( $(date +%s) - T0 ))s" | tee -a "$LOG"; }
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } 2>&1 | tee -a "$LOG"
 
-want tests && stamp "tests" && timeout "${T_TESTS:-60}" $PY -m pytest -q -p no:cacheprovider tests/test_renderer_gpu.py \
-    tests/test_reconstructor.py -k "cuda" 2>&1 | tee -a "$LOG"
+want tests && stamp "tests" && timeout "${T_TESTS:-60}" $PY -m pytest -q -p no:cacheprovider tests/renderer/test_renderer_gpu.py \
+    tests/method/test_reconstructor.py -k "cuda" 2>&1 | tee -a "$LOG"
 
 # one instance's batch (16) under every option but compilation, then eight instances' (128) with it too
 want kernels && stamp "GAN kernels" && timeout "${T_KERNELS:-150}" $PY bench/gan_kernels.py --device cuda --batches 16 \

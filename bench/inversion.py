@@ -1,7 +1,7 @@
 """GAN inversion on images of the synthetic family: distance before and after, seconds per image.
 
 Generates N images from known W codes of the synthetic instrument, inverts them
-all together (recon.inversion, the job's settings from the preset), and prints
+all together (recon.method.inversion, the job's settings from the preset), and prints
 the distance of the mean latent's image and of the inverted latent's image to
 each target, plus how far the inverted W lies from the true one.
 
@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from recon import Reconstructor  # noqa: E402
-from recon.config import parse_assignments  # noqa: E402
-from recon.storage import cache_dir  # noqa: E402
+from recon.method.config import parse_assignments  # noqa: E402
+from recon.io.storage import cache_dir  # noqa: E402
 from recon.synthetic.bundle import build_synthetic_bundle  # noqa: E402
 from recon.synthetic.dataset import sample_instances  # noqa: E402
 from report_path import report_path  # noqa: E402

@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 
 from recon import Reconstructor
-from recon.config import parse_assignments
-from recon.storage import cache_dir
+from recon.method.config import parse_assignments
+from recon.io.storage import cache_dir
 from recon.synthetic.bundle import build_synthetic_bundle
 from recon.synthetic.dataset import sample_instances
 from recon.synthetic.evaluate import (score_canonical_at_true_view, score_constant, score_prior,

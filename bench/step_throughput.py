@@ -49,9 +49,9 @@ for path in (REPO, REPO / "bench"):
         sys.path.insert(0, str(path))
 
 from recon import Reconstructor  # noqa: E402
-from recon.bundle import write_bundle  # noqa: E402
-from recon.config import load_config, parse_assignments  # noqa: E402
-from recon.storage import cache_dir  # noqa: E402
+from recon.models.bundle import write_bundle  # noqa: E402
+from recon.method.config import load_config, parse_assignments  # noqa: E402
+from recon.io.storage import cache_dir  # noqa: E402
 from recon.stylegan2 import Discriminator, Generator, StyleGAN2, StyleGAN2Config, save_stylegan2  # noqa: E402
 from throughput import device_peak, flops_per_instance, matching_peak  # noqa: E402
 from report_path import report_path  # noqa: E402
@@ -82,7 +82,7 @@ def reference_architecture_bundle(preset: str, folder: Path) -> Path:
         d = Discriminator(size, channel_multiplier=multiplier)
     gan_file = folder / f"random-{size}-m{multiplier}.pt"
     save_stylegan2(StyleGAN2(generator=g, discriminator=d, latent_avg=None, config=config), gan_file)
-    from recon.lpips import write_random_lpips_weights
+    from recon.models.lpips import write_random_lpips_weights
 
     write_random_lpips_weights(folder / "vgg16_random.pth", folder / "lpips_heads_random.pth", seed=0)
     return write_bundle(manifest, {

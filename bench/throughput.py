@@ -43,8 +43,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from recon import Reconstructor  # noqa: E402
-from recon.config import parse_assignments  # noqa: E402
-from recon.storage import cache_dir  # noqa: E402
+from recon.method.config import parse_assignments  # noqa: E402
+from recon.io.storage import cache_dir  # noqa: E402
 from recon.synthetic.bundle import build_synthetic_bundle  # noqa: E402
 from recon.synthetic.dataset import sample_instances  # noqa: E402
 from recon.synthetic.evaluate import score_result  # noqa: E402
@@ -111,7 +111,7 @@ def _count_flops(rec: Reconstructor, image, latent, mask) -> dict:
     and weighted by those stages' iterations; ``per_iteration`` then holds the schedule's average."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from recon.engine import InstanceGroup
+    from recon.method.engine import InstanceGroup
 
     group = InstanceGroup(rec, [rec.validate(image, latent, mask, seed=1)])
     out = group.forward_input(False, ())
@@ -192,7 +192,7 @@ def matching_peak(peak: dict, overrides: dict) -> tuple[str, float]:
 
 
 def profile_steps(args) -> None:
-    from recon.engine import InstanceGroup
+    from recon.method.engine import InstanceGroup
 
     rec = _reconstructor(args)
     inst = sample_instances(rec.gan, 1)[0]

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from recon.retry import StorageUnavailable
+from recon.io.retry import StorageUnavailable
 
 from .config import DEFAULT_RECONSTRUCTOR, Columns, JobConfig, SetupError, parse_key_values
 from .stopping import JobStopped
@@ -42,7 +42,7 @@ class _ListPresets(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from recon.config import available_presets, preset_summary
+        from recon.method.config import available_presets, preset_summary
 
         names = available_presets()
         width = max(len(n) for n in names)
@@ -51,7 +51,7 @@ class _ListPresets(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from recon.config import available_presets
+    from recon.method.config import available_presets
     from recon.version import code_version
 
     p = argparse.ArgumentParser(

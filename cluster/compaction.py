@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from recon.retry import StorageUnavailable
+from recon.io.retry import StorageUnavailable
 
 from .config import SetupError
 from .fsutil import is_local_fs

@@ -7,8 +7,8 @@ from typing import Any
 
 from fsspec.utils import glob_translate
 
-from recon.config import ConfigError, parse_assignments, parse_value
-from recon.retry import RetryPolicy
+from recon.method.config import ConfigError, parse_assignments, parse_value
+from recon.io.retry import RetryPolicy
 
 from .fsutil import location
 
@@ -89,7 +89,7 @@ class JobConfig:
             self.columns = Columns(self.columns.id, self.columns.image, self.columns.latent, "mask")
     #: Paths inside image structs may point outside the input's root (another scheme, ``..``, elsewhere).
     allow_external_image_paths: bool = False
-    #: Tries of one storage operation, and the seconds after which storage counts as down (recon.retry).
+    #: Tries of one storage operation, and the seconds after which storage counts as down (recon.io.retry).
     storage_retries: int = 10
     storage_retry_max_seconds: float = 120.0
 
@@ -146,8 +146,8 @@ class JobConfig:
 def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
     """``["a=1", "b.c=true", "k=0123"]`` -> ``{"a": 1, "b.c": True, "k": "0123"}``.
 
-    The method's parser (:func:`recon.config.parse_assignments`), so ``--set`` reads the same here,
-    in the benches and in ``recon.config``; a malformed pair is a :class:`SetupError`.
+    The method's parser (:func:`recon.method.config.parse_assignments`), so ``--set`` reads the same here,
+    in the benches and in ``recon.method.config``; a malformed pair is a :class:`SetupError`.
     """
     try:
         return parse_assignments(pairs, flag)

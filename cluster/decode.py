@@ -17,8 +17,8 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
-from recon.retry import RetryPolicy, StorageUnavailable, call_with_retry
-from recon.storage import join_uri
+from recon.io.retry import RetryPolicy, StorageUnavailable, call_with_retry
+from recon.io.storage import join_uri
 
 from .fsutil import location
 
@@ -46,7 +46,7 @@ class PathPolicy:
     allow_external: bool = False
     also_under: tuple[str, ...] = ()
     #: Reading a path survives storage blips within this bound; past it the row is not an error row
-    #: but :class:`recon.retry.StorageUnavailable` (the job stops and a re-run does the row).
+    #: but :class:`recon.io.retry.StorageUnavailable` (the job stops and a re-run does the row).
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -187,7 +187,7 @@ def decode_mask(value: Any, *, image_shape: tuple[int, int], base_file_url: str 
                 storage_options: Mapping[str, Any] | None = None, paths: PathPolicy | None = None) -> np.ndarray:
     """Encoded grayscale mask -> uint8 (H, W) pixels as stored (object 255), same size as the image.
 
-    Scaling to [0, 1] is left to the method (``recon.imaging.mask_to_tensor``), which also refuses a
+    Scaling to [0, 1] is left to the method (``recon.method.imaging.mask_to_tensor``), which also refuses a
     file that holds only 0 and 1 (it would read as an empty mask) with an error row that says so.
     """
     img = _open_image(_encoded_bytes(value, "mask", base_file_url, storage_options, paths), "mask")

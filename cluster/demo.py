@@ -54,8 +54,8 @@ def write_demo_dataset(folder: Path, bundle: Path, n: int = DEMO_ROWS) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recon.gan import load_gan
-    from recon.bundle import load_bundle
+    from recon.models.gan import load_gan
+    from recon.models.bundle import load_bundle
     from recon.synthetic.dataset import sample_instances
 
     path = folder / "part-0.parquet"
@@ -78,7 +78,7 @@ def demo_bundle(folder: Path) -> Path:
     """The synthetic instrument's bundle plus the shipped demo weights as its ``pretrained`` entry."""
     import shutil
 
-    from recon.bundle import load_bundle, write_bundle
+    from recon.models.bundle import load_bundle, write_bundle
     from recon.synthetic.bundle import build_synthetic_bundle
     from recon.synthetic.demo_weights import DEMO_WEIGHTS
 
@@ -138,8 +138,8 @@ def write_summary(scores: list[dict], path: Path) -> dict:
 
 
 def _latent_dim(bundle: Path) -> int:
-    from recon.bundle import load_bundle
-    from recon.gan import load_gan
+    from recon.models.bundle import load_bundle
+    from recon.models.gan import load_gan
 
     return int(load_gan(load_bundle(bundle).stylegan2).config.style_dim)
 
@@ -165,9 +165,9 @@ def contact_sheet(results_dir: Path, bundle: Path, out: Path, cfg=None) -> tuple
     import torch.nn.functional as F
     from PIL import Image
 
-    from recon.bundle import load_bundle
-    from recon.config import load_config
-    from recon.gan import load_gan
+    from recon.models.bundle import load_bundle
+    from recon.method.config import load_config
+    from recon.models.gan import load_gan
     from recon.renderer import DepthRenderer
     from recon.synthetic.dataset import sample_instances
     from recon.synthetic.demo_weights import DEMO_PRESET
@@ -237,7 +237,7 @@ def _write_demo_report(folder: Path, inputs: Path) -> Path:
 
 def run_embedded_default(folder: Path | str = DEMO_DIR) -> int:
     """Run the no-argument demo job; returns the process exit code."""
-    from recon.config import load_config
+    from recon.method.config import load_config
     from recon.synthetic.demo_weights import DEMO_PRESET, check_demo_weights
 
     from .config import Columns, JobConfig

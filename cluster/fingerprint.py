@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from recon.config import preset_file
+from recon.method.config import preset_file
 
 from .config import JobConfig, SetupError
 from .schema import SCHEMA_VERSION
@@ -84,7 +84,7 @@ def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: s
 def _preset_file_sha256(preset: str) -> str | None:
     """Hash of the settings in a preset YAML file; None for a named preset.
 
-    "A file" is what recon.config.load_config reads as one. The parsed
+    "A file" is what recon.method.config.load_config reads as one. The parsed
     settings are hashed, so comments and layout do not count; a file that does
     not parse is hashed byte for byte (the method refuses it anyway).
     """

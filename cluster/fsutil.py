@@ -55,7 +55,7 @@ def filesystem_for(url: str, storage_options: Mapping[str, Any] | None = None) -
     opts = dict(storage_options or {})
     opts.setdefault("use_listings_cache", False)
     if _protocol(url) in ("s3", "s3a"):
-        from recon.retry import s3_retry_options
+        from recon.io.retry import s3_retry_options
 
         opts = s3_retry_options(opts)  # botocore retries each request; cluster.retry covers longer outages
     fs, path = fsspec.core.url_to_fs(url, **opts)

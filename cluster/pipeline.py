@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from . import reaper
 from .compaction import OutputIndex, check_staged_items, compact, write_manifest
-from recon.retry import RetryPolicy, StorageUnavailable
+from recon.io.retry import RetryPolicy, StorageUnavailable
 
 from .config import JobConfig, SetupError
 from .decode import PathPolicy
@@ -92,7 +92,7 @@ def _recon_version() -> str:
 
 
 def _read_bundle(cfg: JobConfig) -> bytes:
-    from recon.storage import StorageError, fetch
+    from recon.io.storage import StorageError, fetch
 
     try:
         return fetch(cfg.bundle, storage_options=cfg.storage_options or None).read_bytes()
@@ -197,7 +197,7 @@ def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
     --preset and --set, a mask source when the preset needs masks, the bundle
     manifest, and the weight files it names (the GAN checkpoint's entries,
     LPIPS weights when ``lam_perc > 0``, the pretrained checkpoint), read as
-    the actors will read them but memory-mapped (recon.preflight). A typo or a
+    the actors will read them but memory-mapped (recon.models.preflight). A typo or a
     missing file then fails here, in seconds and before ``_run.json`` is
     written, not in N actors after the cluster started. Other reconstructors
     (test doubles) check their own settings in the actors.
@@ -207,9 +207,9 @@ def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
     real = getattr(recon, "Reconstructor", None)
     if not (isinstance(rec_cls, type) and isinstance(real, type) and issubclass(rec_cls, real)):
         return
-    from recon.bundle import BundleError, load_bundle
-    from recon.config import ConfigError, load_config
-    from recon.preflight import check_bundle_files
+    from recon.models.bundle import BundleError, load_bundle
+    from recon.method.config import ConfigError, load_config
+    from recon.models.preflight import check_bundle_files
 
     try:
         method = load_config(cfg.preset, dict(cfg.overrides) or None)
@@ -220,7 +220,7 @@ def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
                          "(Parquet input) or --masks (image folder)")
     try:
         bundle = load_bundle(cfg.bundle, dict(cfg.storage_options) or None)
-    except (BundleError, OSError) as exc:  # OSError: recon.storage.StorageError fetching a prior file
+    except (BundleError, OSError) as exc:  # OSError: recon.io.storage.StorageError fetching a prior file
         raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
     try:
         check_bundle_files(bundle, method, dict(cfg.storage_options) or None)

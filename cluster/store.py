@@ -35,7 +35,7 @@ from .fsutil import (
     to_url,
 )
 from .identity import item_key
-from recon.retry import RetryPolicy, call_with_retry
+from recon.io.retry import RetryPolicy, call_with_retry
 
 __all__ = ["OutputStore", "SHARD_PREFIX"]
 

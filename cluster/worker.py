@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from recon.retry import RetryPolicy, StorageUnavailable
+from recon.io.retry import RetryPolicy, StorageUnavailable
 
 from .config import Columns
 from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask

@@ -1,17 +1,17 @@
 """recon: GAN2Shape 3D reconstruction (depth, albedo, normals, light, view) in pure torch.
 
 Main entry points: :class:`Reconstructor` (per-image method), :class:`ReconstructionResult`,
-:func:`recon.stylegan2.load_stylegan2`, :func:`recon.config.load_config`.
+:func:`recon.stylegan2.load_stylegan2`, :func:`recon.method.config.load_config`.
 """
 from __future__ import annotations
 
 _LAZY = {
-    "Reconstructor": ("recon.reconstructor", "Reconstructor"),
-    "ReconstructionResult": ("recon.result", "ReconstructionResult"),
+    "Reconstructor": ("recon.method.reconstructor", "Reconstructor"),
+    "ReconstructionResult": ("recon.method.result", "ReconstructionResult"),
     "DivergenceError": ("recon.errors", "DivergenceError"),
     "InputError": ("recon.errors", "InputError"),
-    "load_config": ("recon.config", "load_config"),
-    "load_bundle": ("recon.bundle", "load_bundle"),
+    "load_config": ("recon.method.config", "load_config"),
+    "load_bundle": ("recon.models.bundle", "load_bundle"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import describe, first_line
-from ..state_dicts import state_dict_problem
-from ..storage import StorageError, fetch
+from recon.models.state_dicts import state_dict_problem
+from recon.io.storage import StorageError, fetch
 from .networks import Discriminator, Generator, StyleGAN2Config, channel_table
 
 log = logging.getLogger(__name__)

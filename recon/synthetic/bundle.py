@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..bundle import write_bundle
+from recon.models.bundle import write_bundle
 from . import family
 from .generator import SyntheticConfig, build_synthetic_gan, save_synthetic_gan
 
@@ -64,7 +64,7 @@ def build_synthetic_bundle(folder: str | Path, size: int = 64, seed: int = 0, lp
         "light_mvn": "light_mvn.pth",
     }
     if lpips:
-        from ..lpips import write_random_lpips_weights
+        from recon.models.lpips import write_random_lpips_weights
 
         write_random_lpips_weights(folder / "vgg16_random.pth", folder / "lpips_heads_random.pth", seed=seed)
         entries["lpips"] = {"vgg16": "vgg16_random.pth", "heads": "lpips_heads_random.pth"}

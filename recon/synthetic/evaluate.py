@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from ..config import GAN2ShapeConfig
-from ..prior import default_box_mask, ellipsoid_prior
+from recon.method.config import GAN2ShapeConfig
+from recon.method.prior import default_box_mask, ellipsoid_prior
 from ..renderer import DepthRenderer
-from ..result import ReconstructionResult
+from recon.method.result import ReconstructionResult
 from .dataset import SyntheticInstance
 from .metrics import depth_metrics, ground_truth_depth
 

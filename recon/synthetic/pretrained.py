@@ -4,7 +4,7 @@ The reference never trains V, L, D, A and E from scratch for its quantitative te
 BFM test image starts from ``synface_pretrain.pth``, eight stages of joint training over many
 GAN samples (docs/method.md#stages-and-schedule, docs/method.md#evaluation-side-and-mad). Fitting the ellipsoid with fresh networks per image is the
 car/church protocol. This module makes the synface-protocol start for the synthetic instrument:
-joint training (``recon.joint``, preset ``synthetic_pretrain``) over *training* samples of the
+joint training (``recon.method.joint``, preset ``synthetic_pretrain``) over *training* samples of the
 family (seeds below ``HELD_OUT_SEED_BASE``, so never an evaluation instance), saved next to the
 instrument's bundle with a second manifest that names the checkpoint as ``pretrained``.
 
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..bundle import load_bundle, write_bundle
-from ..config import load_config
-from ..joint import pretrain
-from ..reconstructor import Reconstructor, resolve_device
+from recon.models.bundle import load_bundle, write_bundle
+from recon.method.config import load_config
+from recon.method.joint import pretrain
+from recon.method.reconstructor import Reconstructor, resolve_device
 from .dataset import HELD_OUT_SEED_BASE, sample_instances
 
 log = logging.getLogger(__name__)

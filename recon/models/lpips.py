@@ -16,7 +16,7 @@ The network is frozen (no parameter requires grad) but differentiable with
 respect to its inputs, which is how Steps 1 and 3 use it.
 
 Weights come from two files, each at any fsspec URL (read with
-:func:`recon.storage.fetch` and ``torch.load(weights_only=True)``):
+:func:`recon.io.storage.fetch` and ``torch.load(weights_only=True)``):
 
 * VGG16 in torchvision's state-dict layout (``features.<i>.weight/bias``; the
   ``classifier.*`` entries of a full ImageNet file are ignored), e.g.
@@ -36,8 +36,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import describe
-from .storage import fetch
+from recon.errors import describe
+from recon.io.storage import fetch
 
 __all__ = [
     "HEAD_CHANNELS",
@@ -216,7 +216,7 @@ class LPIPS(nn.Module):
     ) -> "LPIPS":
         """Load VGG16 (torchvision layout) and the v0.1 heads from two files at any fsspec URL.
 
-        A missing or unreachable file raises :class:`recon.storage.StorageError`;
+        A missing or unreachable file raises :class:`recon.io.storage.StorageError`;
         a file that is there but unreadable, or lacks or misshapes an entry,
         raises :class:`LPIPSWeightsError` naming the file.
         """

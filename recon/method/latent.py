@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .stylegan2 import Generator
+from recon.stylegan2 import Generator
 
 
 def mapping_split_index(n_mlp: int, f1_d: int, mode: str = "reference") -> int:

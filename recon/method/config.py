@@ -1,6 +1,6 @@
 """Method configuration: the reference's per-dataset presets plus user overrides.
 
-A preset is a YAML file in ``recon/presets`` holding every value of one of the
+A preset is a YAML file in ``recon/method/presets`` holding every value of one of the
 reference configs (docs/method.md#stages-and-schedule); ``_defaults.yaml`` holds what all
 configs share. Users override any key from the command line (``key=value``,
 dotted keys for nested values such as ``stage_len.step1=100``) or from their own
@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class GAN2ShapeConfig:
-    """Every setting of one GAN2Shape run (see ``recon/presets/_defaults.yaml`` for meanings)."""
+    """Every setting of one GAN2Shape run (see ``recon/method/presets/_defaults.yaml`` for meanings)."""
 
     name: str = "custom"
     category: str = "face"

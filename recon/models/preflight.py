@@ -18,9 +18,9 @@ from typing import Any, Mapping
 import torch
 
 from .bundle import BundleError, ModelBundle, load_pretrained_networks
-from .config import GAN2ShapeConfig
-from .errors import describe
-from .storage import fetch
+from recon.method.config import GAN2ShapeConfig
+from recon.errors import describe
+from recon.io.storage import fetch
 
 __all__ = ["check_bundle_files"]
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def _load_mapped(path: Path, uri: str) -> Any:
     """``torch.load`` on the CPU, weights only, memory-mapped when the file is in the zip format."""
-    from .stylegan2.checkpoint import SAFE_GLOBALS
+    from recon.stylegan2.checkpoint import SAFE_GLOBALS
 
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
@@ -42,7 +42,7 @@ def _load_mapped(path: Path, uri: str) -> Any:
 
 
 def _check_stylegan2(uri: str, storage_options: Mapping[str, Any] | None) -> None:
-    from .stylegan2.checkpoint import CheckpointError, infer_generator_config
+    from recon.stylegan2.checkpoint import CheckpointError, infer_generator_config
 
     path = fetch(uri, storage_options=storage_options)
     try:
@@ -93,9 +93,9 @@ def check_bundle_files(bundle: ModelBundle, config: GAN2ShapeConfig,
                        storage_options: Mapping[str, Any] | None = None) -> None:
     """Raise what a :class:`recon.Reconstructor` built from ``bundle`` and ``config`` would raise about its files.
 
-    Errors: :class:`recon.storage.StorageError` (a file is missing or unreachable),
+    Errors: :class:`recon.io.storage.StorageError` (a file is missing or unreachable),
     :class:`recon.stylegan2.checkpoint.CheckpointError`, :class:`BundleError`,
-    :class:`recon.lpips.LPIPSWeightsError`; each names the file.
+    :class:`recon.models.lpips.LPIPSWeightsError`; each names the file.
     """
     _check_stylegan2(bundle.stylegan2, storage_options)
     if config.lam_perc > 0:

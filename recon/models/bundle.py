@@ -23,9 +23,9 @@ from typing import Any, Mapping
 import torch
 import yaml
 
-from .errors import describe
+from recon.errors import describe
 from .state_dicts import state_dict_problem
-from .storage import StorageError, fetch, join_uri
+from recon.io.storage import StorageError, fetch, join_uri
 
 KNOWN_KEYS = {"stylegan2", "lpips", "view_mvn", "light_mvn", "pretrained", "description", "name"}
 NETWORK_KEYS = ("netD", "netA", "netV", "netL", "netEnc")

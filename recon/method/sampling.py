@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .bundle import Gaussian
+from recon.models.bundle import Gaussian
 
 
 def sample_views(mvn: Gaussian, n: int, view_scale: float, generator: torch.Generator) -> torch.Tensor:

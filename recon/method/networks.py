@@ -7,7 +7,7 @@
 
 Every network keeps its layers in one ``nn.Sequential`` attribute named
 ``network``, with activations and norms as separate entries and in the order the
-reference's layer tables list them (written out in tests/test_networks.py). Their state dicts therefore have the
+reference's layer tables list them (written out in tests/method/test_networks.py). Their state dicts therefore have the
 ``network.<i>.weight`` layout of Unsup3D-style checkpoints (GAN2Shape's
 ``*_pretrain.pth`` hold ``netD``, ``netA``, ``netV``, ``netL``, ``netEnc`` in it),
 so such weights load without any key mapping.
@@ -17,7 +17,7 @@ extra down/up-sampling blocks (0 at 64, 1 at 128, 2 at 256).
 
 The networks are written so that ``torch.func.functional_call`` + ``torch.func.vmap``
 over stacked parameters (K independent instances trained at once) gives the same
-numbers as running each instance alone; ``tests/test_networks.py`` checks it.
+numbers as running each instance alone; ``tests/method/test_networks.py`` checks it.
 """
 from __future__ import annotations
 

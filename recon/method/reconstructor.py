@@ -4,7 +4,7 @@
 discriminator, the LPIPS network and the renderer once; ``reconstruct`` runs the
 whole GAN2Shape schedule for one image and ``reconstruct_many`` runs several
 images together on one device (each with its own networks and optimiser
-state, see :mod:`recon.engine`).
+state, see :mod:`recon.method.engine`).
 """
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .bundle import ModelBundle, load_bundle, load_pretrained_networks
+from recon import __version__
+from recon.models.bundle import ModelBundle, load_bundle, load_pretrained_networks
 from .config import GAN2ShapeConfig, load_config
 from .cpu_memory import retain_freed_cpu_memory
 from .engine import NETWORKS, Instance, InstanceGroup
-from .errors import DivergenceError, InputError, describe, first_line
+from recon.errors import DivergenceError, InputError, describe, first_line
 from .imaging import image_to_tensor, mask_to_tensor, prepare_input
 from .latent import LatentProjector
 from .networks import build_networks
 from .prior import ellipsoid_box
-from .renderer import DepthRenderer
+from recon.renderer import DepthRenderer
 from .result import ReconstructionResult
-from .gan import load_gan
+from recon.models.gan import load_gan
 
 if TYPE_CHECKING:  # imported at call time in invert()
     from .inversion import InversionResult
@@ -141,7 +141,7 @@ class Reconstructor:
                     f"bundle {self.bundle.uri} names no LPIPS weights: add 'lpips: {{vgg16: <torchvision "
                     "vgg16-397923af.pth>, heads: <LPIPS weights/v0.1/vgg.pth>}' to the manifest, "
                     "or set lam_perc=0")
-            from .lpips import LPIPS
+            from recon.models.lpips import LPIPS
 
             self.lpips = LPIPS.from_files(self.bundle.lpips_vgg16, self.bundle.lpips_heads, device=self.device,
                                           storage_options=storage_options).to(dtype)
@@ -324,7 +324,7 @@ class Reconstructor:
                 + self._run_group_or_halves(instances[half:], on_progress))
 
     def invert(self, images: Sequence[Any], seed: int = 0) -> "InversionResult":
-        """W latents for images that have none (see :mod:`recon.inversion`), all optimised together.
+        """W latents for images that have none (see :mod:`recon.method.inversion`), all optimised together.
 
         Images may have any (square) size; they are brought to ``image_size`` like
         inputs of :meth:`reconstruct`. Images of different original sizes are

@@ -12,13 +12,13 @@ from typing import Any, Mapping
 
 import torch
 
-from .stylegan2 import CheckpointError, read_checkpoint, stylegan2_from_checkpoint
+from recon.stylegan2 import CheckpointError, read_checkpoint, stylegan2_from_checkpoint
 
 
 def load_gan(uri: str, device: str | torch.device = "cpu", storage_options: Mapping[str, Any] | None = None):
     ckpt = read_checkpoint(uri, storage_options)
     if "synthetic" in ckpt:
-        from .synthetic.generator import synthetic_from_checkpoint
+        from recon.synthetic.generator import synthetic_from_checkpoint
 
         try:
             return synthetic_from_checkpoint(ckpt, str(uri)).to(device)
