@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from recon.bundle import write_bundle
+from recon.models.bundle import write_bundle
 from recon.stylegan2 import Discriminator, Generator, StyleGAN2, StyleGAN2Config, save_stylegan2
 
 TINY_STYLE_DIM = 32
@@ -36,7 +36,7 @@ def write_tiny_bundle(folder: Path, lpips: bool = False, seed: int = 0) -> Path:
     save_stylegan2(tiny_stylegan2(seed), folder / "tiny_gan.pt")
     manifest = {"stylegan2": "tiny_gan.pt", "view_mvn": VIEW_MVN, "light_mvn": LIGHT_MVN}
     if lpips:
-        from recon.lpips import write_random_lpips_weights
+        from recon.models.lpips import write_random_lpips_weights
 
         write_random_lpips_weights(folder / "vgg.pth", folder / "heads.pth", seed=seed)
         manifest["lpips"] = {"vgg16": "vgg.pth", "heads": "heads.pth"}

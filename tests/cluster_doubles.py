@@ -39,8 +39,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from recon.result import ReconstructionResult
-from recon.storage import fetch
+from recon.method.result import ReconstructionResult
+from recon.io.storage import fetch
 
 DIVERGE = 999.0
 KILL_ONCE = -555.0

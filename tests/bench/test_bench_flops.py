@@ -9,7 +9,7 @@ import pytest
 from bundles import TINY_SCHEDULE, write_tiny_bundle
 from recon import Reconstructor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 from step_throughput import make_items  # noqa: E402

@@ -43,7 +43,7 @@ ARRAYS = {
 def _readme_lines() -> tuple[str, dict[str, str]]:
     """The README's reader block: (prelude, {reader: line}); a reader line ends in ``# <reader>``."""
     text = (REPO / "README.md").read_text()
-    block = text.split("<!-- reader lines: tests/test_output_readers.py executes this block -->", 1)[1]
+    block = text.split("<!-- reader lines: tests/cluster/test_output_readers.py executes this block -->", 1)[1]
     block = block.split("```python\n", 1)[1].split("```", 1)[0]
     prelude, lines = [], {}
     for line in block.splitlines():

@@ -152,9 +152,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path):
 
 def test_legacy_format_checkpoints_are_checked_too(tiny_bundle, tmp_path):
     """Old torch.save files cannot be memory-mapped; they are read whole and checked the same way."""
-    from recon.bundle import load_bundle
-    from recon.config import load_config
-    from recon.preflight import check_bundle_files
+    from recon.models.bundle import load_bundle
+    from recon.method.config import load_config
+    from recon.models.preflight import check_bundle_files
 
     ckpt = torch.load(tiny_bundle.parent / "tiny_gan.pt", weights_only=True)
     (tmp_path / "bundle.yaml").write_text((tiny_bundle.parent / "bundle.yaml").read_text())

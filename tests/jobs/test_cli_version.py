@@ -9,7 +9,7 @@ import pytest
 import recon
 import recon.version as version
 from cluster.cli import build_parser, main
-from recon.config import ConfigError, available_presets, load_config
+from recon.method.config import ConfigError, available_presets, load_config
 
 
 def test_version_flag_prints_the_code_version(capsys):

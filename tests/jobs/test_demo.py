@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cluster.demo import SHEET_COLUMNS, _labelled, score_rows, write_summary
-from recon.config import load_config
+from recon.method.config import load_config
 from recon.renderer import DepthRenderer
 from recon.synthetic.dataset import HELD_OUT_SEED_BASE, sample_instances
 from recon.synthetic.demo_weights import DEMO_WEIGHTS, DemoWeightsError, check_demo_weights
@@ -30,7 +30,7 @@ def test_demo_preset_keeps_reference_defaults_elsewhere_and_the_shipped_weights_
 
 
 def test_weights_of_other_network_shapes_are_refused_with_the_fix(tmp_path):
-    from recon.networks import build_networks
+    from recon.method.networks import build_networks
 
     path = tmp_path / "narrow.pth"
     torch.save({k: v.state_dict() for k, v in build_networks(64, 64, width_divisor=8).items()}, path)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from recon.config import ConfigError, available_presets, load_config, parse_assignments
+from recon.method.config import ConfigError, available_presets, load_config, parse_assignments
 
 # (preset, total gradient iterations of docs/method.md#stages-and-schedule, batchsize, image_size, crop, F1_d, num_stage,
 #  relative_enc, use_mask, view_scale, collect_iters, rand_light set)
@@ -135,7 +135,7 @@ def test_unknown_preset_lists_the_available_ones():
     ("stage_len.step1=010", "stage_len.step1 must be an integer, got '010'"),
 ])
 def test_command_line_values_yaml_would_mangle_are_refused(pair, message):
-    """One parser (recon.config.parse_value) for --set everywhere: such values stay text, and type checks refuse them."""
+    """One parser (recon.method.config.parse_value) for --set everywhere: such values stay text, and type checks refuse them."""
     from cluster.config import parse_key_values
 
     assert parse_assignments([pair]) == parse_key_values([pair], "--set")  # the CLI reads what the benches read

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 # Allocate and free a 256 MiB tensor 24 times; count the minor page faults of those loops.
 _PROBE = """
 import json, resource, sys, torch
-from recon.cpu_memory import retain_freed_cpu_memory
+from recon.method.cpu_memory import retain_freed_cpu_memory
 applied = retain_freed_cpu_memory() if sys.argv[1] == "on" else False
 torch.ones(64 << 20).sum()  # first touch of the memory, not counted
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -11,8 +11,8 @@ import torch
 
 from bundles import FAST, TINY_STYLE_DIM, tiny_stylegan2
 from recon import InputError, Reconstructor
-from recon.bundle import NETWORK_KEYS, BundleError, load_bundle, write_bundle
-from recon.reconstructor import checked_seed
+from recon.models.bundle import NETWORK_KEYS, BundleError, load_bundle, write_bundle
+from recon.method.reconstructor import checked_seed
 from recon.stylegan2 import CheckpointError, load_stylegan2, save_stylegan2
 
 
@@ -198,7 +198,7 @@ def test_a_diverged_instance_fails_alone_without_rerunning_its_group(rec, sample
     as "invalid input") and fail the whole group; a NaN found after the last update escaped the same way.
     Either way the group was rerun in halves. Now the group runs once and the others' results stand."""
     from recon import DivergenceError
-    from recon.engine import InstanceGroup
+    from recon.method.engine import InstanceGroup
 
     img, w = sample
     original, groups = getattr(InstanceGroup, before), []
@@ -222,7 +222,7 @@ def test_a_diverged_instance_fails_alone_without_rerunning_its_group(rec, sample
 
 def test_latents_of_absurd_magnitude_are_refused_and_sampled_ones_pass(rec, sample):
     """1e30 is finite, so only the bound relative to the mapping output stops it (issue 21 finding 6)."""
-    from recon.reconstructor import LATENT_BOUND_SPREADS
+    from recon.method.reconstructor import LATENT_BOUND_SPREADS
 
     for latent in (np.full(TINY_STYLE_DIM, 1e30, np.float32), sample[1] * 1e6):
         with pytest.raises(InputError, match="spreads from the GAN's mean W"):

@@ -7,7 +7,7 @@ import torch
 
 from bundles import TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
 from recon import Reconstructor
-from recon.inversion import InversionSettings, invert
+from recon.method.inversion import InversionSettings, invert
 
 FACTOR = 10.0  # the inverted image must be at least this much closer to the target than the mean latent's
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from recon.networks import (
+from recon.method.networks import (
     ConvEncoder,
     EDDeconv,
     ResBlockDown,
@@ -295,7 +295,7 @@ def test_stacked_vmap_network_under_bf16_autocast_computes_in_bf16_and_trains_fl
     """Under bfloat16 autocast the vmap layout runs its layers in bfloat16 (by explicit casts, as
     vmap's batched convolutions escaped autocast on CUDA), stays near the float32 result and the
     loop layout's autocast result, and its gradients reach the float32 weights Adam updates."""
-    from recon.stacked import StackedNetwork
+    from recon.method.stacked import StackedNetwork
 
     torch.manual_seed(9)
     net = build_networks(64)[name]

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from recon.losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
-from recon.prior import default_box_mask, ellipsoid_box, ellipsoid_prior
+from recon.method.losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
+from recon.method.prior import default_box_mask, ellipsoid_box, ellipsoid_prior
 
 
 def _spec_prior(h, w, box, near, far, pivot_row):
-    """docs/method.md#shape-prior written out pixel by pixel (independent of recon.prior)."""
+    """docs/method.md#shape-prior written out pixel by pixel (independent of recon.method.prior)."""
     r_min, r_max, c_min, c_max = box
     R = (c_max - c_min) / 2
     rho = (r_max - r_min) / (c_max - c_min)

@@ -9,9 +9,9 @@ import torch
 
 from bundles import FAST, LIGHT_MVN, TINY_SCHEDULE, TINY_STYLE_DIM, VIEW_MVN, tiny_stylegan2, write_tiny_bundle
 from recon import DivergenceError, InputError, Reconstructor
-from recon.bundle import BundleError, load_bundle, write_bundle
-from recon.engine import NETWORKS, STEP_NETWORKS, InstanceGroup
-from recon.latent import LatentProjector, mapping_split_index
+from recon.models.bundle import BundleError, load_bundle, write_bundle
+from recon.method.engine import NETWORKS, STEP_NETWORKS, InstanceGroup
+from recon.method.latent import LatentProjector, mapping_split_index
 from recon.stylegan2 import StyleGAN2, save_stylegan2
 
 
@@ -180,7 +180,7 @@ def test_view_light_gaussians_load_to_cpu_from_files(tmp_path):
 
 def test_joint_step3_batches_are_drawn_without_replacement(bundle):
     """The reference draws randperm(pool)[:batchsize]: a batch never holds one projected sample twice."""
-    from recon.joint import JointTrainer
+    from recon.method.joint import JointTrainer
 
     joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "batchsize": 12})
     img, w = _sample(joint, 0)
@@ -194,8 +194,8 @@ def test_joint_step3_batches_are_drawn_without_replacement(bundle):
 
 
 def test_joint_pretraining_writes_weights_that_instance_runs_start_from(bundle, tmp_path):
-    from recon.bundle import write_bundle
-    from recon.joint import pretrain
+    from recon.models.bundle import write_bundle
+    from recon.method.joint import pretrain
 
     joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "fast": 0.0005})
     items = []
@@ -223,7 +223,7 @@ def test_joint_pretraining_writes_weights_that_instance_runs_start_from(bundle, 
 def test_joint_pretraining_runs_in_the_reconstructors_dtype(bundle, tmp_path):
     """Joint training prepares its images, masks and latents in the reconstructor's dtype, as a group does:
     a float64 reconstructor (the precision the batched-equality tests use) used to fail on float32 inputs."""
-    from recon.joint import JointTrainer, pretrain
+    from recon.method.joint import JointTrainer, pretrain
 
     joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "fast": 0.0005}, dtype=torch.float64)
     items = [dict(zip(("image", "latent"), _sample(Reconstructor(bundle, "synface", overrides=FAST), seed)))
@@ -239,7 +239,7 @@ def test_joint_pretraining_runs_in_the_reconstructors_dtype(bundle, tmp_path):
 def test_contact_sheet_is_written(rec, tmp_path):
     from PIL import Image
 
-    from recon.visualize import save_contact_sheet
+    from recon.export.contact_sheet import save_contact_sheet
 
     img, w = _sample(rec, seed=5)
     res = rec.reconstruct(img, w)
@@ -472,7 +472,7 @@ def test_a_finished_group_frees_its_networks_without_the_cyclic_collector(rec):
     """An actor runs group after group: a group's K copies of D/A/V/L/E, their gradients and
     Adam state must be freed by reference counting when the group ends, not linger (gigabytes at
     K=8) until Python's cyclic collector happens to run."""
-    from recon.stacked import StackedNetwork
+    from recon.method.stacked import StackedNetwork
 
     img, w = _sample(rec)
     gc.collect()

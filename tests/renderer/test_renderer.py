@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from kornia.geometry.conversions import quaternion_from_euler, quaternion_to_rotation_matrix
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from renderer_cases import (  # noqa: E402
     brute_force_nr_depth,
     noisy_depth,
@@ -518,8 +518,8 @@ def test_noisy_256_depth_is_chunked_and_memory_stays_bounded():
     # memory does not grow with the noise. Run in a fresh process so that its peak
     # RSS is this render's alone.
     budget = 2**20
-    code = _MEMORY_PROBE.format(tests=str(Path(__file__).parent), budget=budget)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    code = _MEMORY_PROBE.format(tests=str(Path(__file__).parents[1]), budget=budget)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     candidates, chunks, max_chunk, peak_growth = map(int, proc.stdout.split())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from renderer_cases import noisy_depth, smooth_depth, sphere_depth_at  # noqa: E402
 
 from recon.renderer import DepthRenderer  # noqa: E402

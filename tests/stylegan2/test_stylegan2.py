@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon.storage import StorageError
+from recon.io.storage import StorageError
 from recon.stylegan2 import (
     CheckpointError,
     Discriminator,
@@ -289,10 +289,10 @@ def test_load_from_s3_url_on_local_moto_server(s3_bucket, tmp_path):
 
 
 def test_unreachable_storage_is_a_clear_error(monkeypatch):
-    import recon.retry
+    import recon.io.retry
 
     # the retry loop's pauses are random in [0, 0.5 * 2**k] s; draw 0 so the tries run back to back
-    monkeypatch.setattr(recon.retry._RNG, "uniform", lambda low, high: 0.0)
+    monkeypatch.setattr(recon.io.retry._RNG, "uniform", lambda low, high: 0.0)
     storage = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s",
                "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
     with pytest.raises(StorageError, match="cannot reach s3://nobucket/g.pt"):

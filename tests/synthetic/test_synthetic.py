@@ -15,7 +15,7 @@ from recon.synthetic.dataset import sample_instances
 from recon.synthetic.generator import SyntheticConfig, build_synthetic_gan, save_synthetic_gan
 from recon.synthetic.metrics import erode, evaluation_mask, mad, side
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_generator_has_the_interface_the_method_uses_and_is_differentiable(gan):
 
 
 def test_instrument_is_built_deterministically_and_round_trips(tmp_path):
-    from recon.gan import load_gan
+    from recon.models.gan import load_gan
 
     a = build_synthetic_gan(SyntheticConfig(size=64, style_dim=64, n_mlp=4, seed=3))
     b = build_synthetic_gan(SyntheticConfig(size=64, style_dim=64, n_mlp=4, seed=3))
@@ -142,8 +142,8 @@ def test_benchmark_runs_on_two_instances_and_scores_consistently(tmp_path):
         assert row["n"] == 2 and math.isfinite(row["side_mean"]) and math.isfinite(row["mad_mean"])
         assert 0 <= row["side_mean"] < 20 and 0 < row["mad_mean"] < 90
     # the baseline numbers are the metric of the same ground truth computed directly
-    from recon.gan import load_gan
-    from recon.bundle import load_bundle
+    from recon.models.gan import load_gan
+    from recon.models.bundle import load_bundle
     from recon.synthetic.evaluate import score_constant
 
     gan = load_gan(load_bundle(tmp_path / "bundle" / "synthetic.yaml").stylegan2)
@@ -157,7 +157,7 @@ def test_benchmark_can_start_instances_from_joint_pretraining(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     import quality
 
-    from recon.bundle import load_bundle
+    from recon.models.bundle import load_bundle
 
     argv = ["--n", "1", "--seeds", "0", "--fast", "0.004", "--set", "batchsize=2", "--pretrain", "2",
             "--pretrain-fast", "0.0005", "--bundle-dir", str(tmp_path / "bundle")]
