@@ -4,7 +4,7 @@ Measures, for the same N synthetic instances:
 
 * **direct**: one process constructs the reconstructor and calls
   ``reconstruct`` N times (construction timed separately);
-* **job, A actors** for each A in ``--actors``: ``cluster.pipeline.run_job``
+* **job, A actors** for each A in ``--actors``: ``cluster.driver.run_job``
   end to end (local Ray start, planning, actors loading the bundle, rows,
   compaction), into a fresh output folder.
 
@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
 
 from cluster.config import DEFAULT_RECONSTRUCTOR, Columns, JobConfig, parse_key_values  # noqa: E402
 from cluster.metrics import JobMetrics  # noqa: E402
-from cluster.pipeline import run_job  # noqa: E402
+from cluster.driver import run_job  # noqa: E402
 from cluster.worker import load_reconstructor_class  # noqa: E402
 
 

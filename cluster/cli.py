@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     try:
         cfg = config_from_args(args)
-        from .pipeline import dry_run, run_job
+        from .driver import run_job
+        from .preflight import dry_run
 
         if args.dry_run:
             print(dry_run(cfg))

@@ -28,9 +28,9 @@ import pyarrow as pa
 from recon.io.retry import StorageUnavailable
 
 from .config import SetupError
-from .fsutil import is_local_fs
+from .filesystems import is_local_fs
 from .identity import item_key
-from .schema import SCHEMA_VERSION, table_to_parquet_bytes
+from .output_schema import SCHEMA_VERSION, table_to_parquet_bytes
 from .store import OutputStore
 
 __all__ = ["CompactionReport", "DamagedOutputError", "OutputIndex", "check_staged_items", "compact",

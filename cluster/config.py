@@ -10,7 +10,7 @@ from fsspec.utils import glob_translate
 from recon.method.config import ConfigError, parse_assignments, parse_value
 from recon.io.retry import RetryPolicy
 
-from .fsutil import location
+from .filesystems import location
 
 __all__ = ["Columns", "JobConfig", "SetupError", "parse_key_values", "parse_value", "DEFAULT_RECONSTRUCTOR"]
 
@@ -47,7 +47,7 @@ class JobConfig:
     """Everything one run of the batch job needs.
 
     ``num_actors`` / ``cpus_per_actor`` of None are resolved at start from the
-    device and the cluster (see :func:`cluster.pipeline.run_job`).
+    device and the cluster (see :func:`cluster.driver.run_job`).
     """
 
     input: str

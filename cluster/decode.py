@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from recon.io.retry import RetryPolicy, StorageUnavailable, call_with_retry
 from recon.io.storage import join_uri
 
-from .fsutil import location
+from .filesystems import location
 
 log = logging.getLogger(__name__)
 

@@ -241,7 +241,7 @@ def run_embedded_default(folder: Path | str = DEMO_DIR) -> int:
     from recon.synthetic.demo_weights import DEMO_PRESET, check_demo_weights
 
     from .config import Columns, JobConfig
-    from .pipeline import run_job
+    from .driver import run_job
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("ray.data").setLevel(logging.WARNING)

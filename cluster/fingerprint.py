@@ -40,7 +40,7 @@ import yaml
 from recon.method.config import preset_file
 
 from .config import JobConfig, SetupError
-from .schema import SCHEMA_VERSION
+from .output_schema import SCHEMA_VERSION
 from .store import OutputStore
 
 __all__ = ["RunFingerprint", "compute_fingerprint", "claim_output", "claim_holds"]

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import Columns
-from .fsutil import filesystem_for, to_url
+from .filesystems import filesystem_for, to_url
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "ImageFolder", "list_images", "image_rows"]
 

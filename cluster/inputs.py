@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import Columns, SetupError
-from .fsutil import filesystem_for, is_local_fs, to_url
+from .filesystems import filesystem_for, is_local_fs, to_url
 from .identity import id_to_str
 from .row_index import ROW_INDEX, row_index_ids
 from .image_folder import IMAGE_EXTENSIONS, ImageFolder, glob_root, index_masks, is_image_file, list_images, \

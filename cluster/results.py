@@ -5,7 +5,7 @@ bookkeeping and staged items are skipped, as pyarrow's dataset reader does), so 
 each row once.
 
 The shards store array columns as nested lists and maps as ``list<struct<key, value>>`` so that
-Hugging Face ``datasets`` can load them (``cluster/schema.py``); :func:`restore_types` turns
+Hugging Face ``datasets`` can load them (``cluster/output_schema.py``); :func:`restore_types` turns
 them back into Arrow's ``fixed_shape_tensor`` and ``map`` columns, and :func:`read_results`
 applies it to every shard, so its callers see one layout whichever schema version wrote a shard.
 """
@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .fsutil import filesystem_for
-from .schema import MAPS_KEY, TENSORS_KEY
+from .filesystems import filesystem_for
+from .output_schema import MAPS_KEY, TENSORS_KEY
 
 __all__ = ["ResultsError", "read_results", "restore_types", "tensor_shapes"]
 
@@ -34,7 +34,7 @@ def tensor_shapes(schema: pa.Schema) -> dict[str, tuple[tuple[int, ...], str]]:
 
     Read from the file's ``recon.tensors`` metadata; failing that (a Ray Data or DuckDB batch
     that dropped the schema metadata) from each field's extension tag, as written by
-    ``cluster/schema.py`` or as ``datasets``' ArrayND type when datasets is imported.
+    ``cluster/output_schema.py`` or as ``datasets``' ArrayND type when datasets is imported.
     """
     meta = schema.metadata or {}
     if TENSORS_KEY.encode() in meta:

@@ -24,7 +24,7 @@ import socket
 import uuid
 from typing import Any, Mapping
 
-from .fsutil import (
+from .filesystems import (
     create_exclusive,
     filesystem_for,
     is_local_fs,

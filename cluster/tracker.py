@@ -10,7 +10,7 @@ Losing it only blanks two gauges; the job does not depend on it.
 It also keeps the attempt marker of each running row, so a driver that stops
 (Ctrl-C, SIGTERM) can remove the markers of the rows it interrupts: those
 attempts were cut short by the stop, not by the row (see
-``cluster.pipeline._forget_interrupted_attempts``). Losing it only means they
+``cluster.driver._forget_interrupted_attempts``). Losing it only means they
 count, as after a killed driver.
 
 Workers announce a row (with the marker path they are about to create) and

@@ -39,7 +39,7 @@ from .config import Columns
 from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
-from .schema import (ResultError, RowContext, camera_metadata, error_table, latent_table, result_table,
+from .output_schema import (ResultError, RowContext, camera_metadata, error_table, latent_table, result_table,
                      table_to_parquet_bytes)
 from .meshes import glb_from_arrays
 from .store import OutputStore

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from cluster.config import Columns, JobConfig
-from cluster.fsutil import filesystem_for
+from cluster.filesystems import filesystem_for
 from cluster.results import restore_types
 
 TESTS = Path(__file__).resolve().parent
@@ -214,7 +214,7 @@ def tiny_results(ray_session, tmp_path_factory) -> str:
     three modules only read its output. ``sleep_s`` gives each row a measurable time (the
     double splits it over step1 and step2), so the report's timing lines hold real numbers.
     """
-    from cluster.pipeline import run_job
+    from cluster.driver import run_job
 
     root = tmp_path_factory.mktemp("tiny_results")
     write_dataset(str(root / "in"), tiny_rows())

@@ -10,7 +10,7 @@ Two layers, so that each does what it is good at:
 
 When storage stays unreachable past the bound, :class:`StorageUnavailable` is raised. It is not a
 row error: the worker leaves the row uncommitted (its attempt marker removed) and the driver stops
-with exit status 1 and one line (see ``cluster.pipeline``), so a re-run finishes the rows.
+with exit status 1 and one line (see ``cluster.driver``), so a re-run finishes the rows.
 """
 from __future__ import annotations
 

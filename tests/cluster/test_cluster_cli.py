@@ -8,7 +8,7 @@ import pytest
 import cluster.demo
 from cluster.cli import build_parser, config_from_args, main
 from cluster.config import SetupError
-from cluster.pipeline import preflight
+from cluster.preflight import preflight
 from cluster_helpers import DOUBLE, good_rows, job_config, write_bundle, write_dataset
 
 
@@ -80,7 +80,7 @@ def test_missing_column_lists_the_columns_found(setup):
 
 
 def test_absent_latent_column_means_inversion_not_an_error(setup):
-    from cluster.pipeline import preflight
+    from cluster.preflight import preflight
 
     tmp, bundle = setup
     cfg = job_config(str(tmp / "in"), str(tmp / "out"), bundle)

@@ -9,11 +9,11 @@ import pytest
 from cluster.compaction import OutputIndex, compact, write_manifest
 from cluster.config import SetupError
 from cluster.fingerprint import RunFingerprint, claim_output
-from cluster.fsutil import create_exclusive, filesystem_for
+from cluster.filesystems import create_exclusive, filesystem_for
 from cluster.identity import id_to_str, item_key, row_seed
 from cluster.inputs import ScannedFile
 from cluster.planner import make_plan
-from cluster.schema import RowContext, error_table, table_to_parquet_bytes
+from cluster.output_schema import RowContext, error_table, table_to_parquet_bytes
 from cluster.store import OutputStore
 from cluster_helpers import committed_files, files_listing, read_output
 

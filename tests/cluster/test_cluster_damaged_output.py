@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.cli import main
-from cluster.pipeline import run_job
-from cluster.schema import table_to_parquet_bytes
+from cluster.driver import run_job
+from cluster.output_schema import table_to_parquet_bytes
 from cluster.store import OutputStore
 from cluster_helpers import (
     DOUBLE,

@@ -1,6 +1,6 @@
 """End to end on a local Ray with the pipeline test double (tiny, CPU only).
 
-Each test runs the real driver (`cluster.pipeline.run_job`): Parquet in, Ray
+Each test runs the real driver (`cluster.driver.run_job`): Parquet in, Ray
 Data actors, write-once items, compaction, manifest. The reconstructor is the
 test double in tests/cluster_doubles.py; pass another import path and
 overrides to `job_config` to run the same checks with the real method.
@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.config import Columns, SetupError
 from cluster.metrics import JobMetrics
-from cluster.pipeline import run_job
-from cluster.schema import logical_schema
+from cluster.driver import run_job
+from cluster.output_schema import logical_schema
 from cluster_doubles import DIVERGE, KILL_ALWAYS, KILL_ONCE
 from cluster_helpers import (
     by_id,

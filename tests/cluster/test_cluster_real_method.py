@@ -13,8 +13,8 @@ import torch
 
 from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
 from cluster.config import Columns
-from cluster.pipeline import run_job
-from cluster.schema import logical_schema
+from cluster.driver import run_job
+from cluster.output_schema import logical_schema
 from cluster_helpers import by_id, ids_of, job_config, png, ray_session, read_output, write_dataset  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(400), pytest.mark.slow]

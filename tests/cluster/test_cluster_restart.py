@@ -58,7 +58,7 @@ def test_run_that_failed_at_actor_start_does_not_lock_the_folder(tmp_path, ray_s
     bundle.write_text("latent_dim: 8\n")  # the test double needs image_size too
     cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), str(bundle), num_actors=1)
     with pytest.raises(SetupError, match="actors could not start.*image_size"):
-        from cluster.pipeline import run_job
+        from cluster.driver import run_job
 
         run_job(cfg)
     assert (tmp_path / "out" / "_run.json").exists()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cluster.decode import RowInputError, decode_image, decode_latent, decode_mask, resolve_relative
 from cluster.results import ResultsError, read_results, restore_types
-from cluster.schema import ResultError, RowContext, error_table, logical_schema, output_schema, result_table
+from cluster.output_schema import ResultError, RowContext, error_table, logical_schema, output_schema, result_table
 from cluster.worker import error_message
 from cluster_doubles import DivergenceError, PipelineTestDouble
 from cluster_helpers import png, write_bundle

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from cluster.cli import main
-from cluster.pipeline import run_job
+from cluster.driver import run_job
 from cluster_helpers import (DOUBLE, by_id, committed_files, good_rows, job_config, ray_session,  # noqa: F401
                              read_output, write_bundle, write_dataset)
 from recon.io.retry import RetryPolicy, StorageUnavailable, call_with_retry, is_transient

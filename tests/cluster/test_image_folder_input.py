@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cluster.decode import crop_to_square
-from cluster.pipeline import run_job
+from cluster.driver import run_job
 from cluster_helpers import (
     by_id,
     ids_of,

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from cluster.pipeline import run_job
+from cluster.driver import run_job
 from cluster.results import read_results
 from cluster_doubles import DIVERGE
 from cluster_helpers import (

@@ -31,7 +31,7 @@ _RAY_CALLS: list = []
 @pytest.fixture(autouse=True)
 def ray_connections(monkeypatch):
     """Every attempt of the job to reach Ray (start or join one); the checks must fail before any."""
-    import cluster.pipeline
+    import cluster.ray_runtime
 
     calls = _RAY_CALLS
     calls.clear()
@@ -40,7 +40,7 @@ def ray_connections(monkeypatch):
         calls.append(args)
         raise AssertionError("the job reached for Ray although preflight should have stopped it")
 
-    monkeypatch.setattr(cluster.pipeline, "_connect_ray", refuse)
+    monkeypatch.setattr(cluster.ray_runtime, "connect_ray", refuse)
     return calls
 
 
@@ -102,7 +102,7 @@ def test_broken_pretrained_checkpoint_exits_2(capsys, dataset, tiny_bundle, tmp_
 
 def test_good_setup_passes_the_same_checks(dataset, tiny_bundle, tmp_path):
     """Negative control: the checks above do not refuse a bundle the method loads."""
-    from cluster.pipeline import preflight
+    from cluster.preflight import preflight
     from cluster_helpers import job_config
 
     cfg = job_config(dataset, str(tmp_path / "out"), str(tiny_bundle), reconstructor="recon:Reconstructor",
@@ -115,7 +115,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path):
     import pyarrow as pa
 
     from cluster.config import Columns
-    from cluster.pipeline import preflight
+    from cluster.preflight import preflight
     from cluster.worker import ReconstructionWorker, WorkerSettings
     from cluster_helpers import DOUBLE, files_listing, job_config, write_bundle
 

@@ -16,8 +16,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from cluster.fsutil import filesystem_for
-from cluster.pipeline import run_job
+from cluster.filesystems import filesystem_for
+from cluster.driver import run_job
 from cluster_helpers import (
     TINY_BAD,
     TINY_OK,
