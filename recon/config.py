@@ -23,6 +23,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from .errors import ConfigError
+
+__all__ = ["CHOICES", "ConfigError", "FIELD_TYPES", "GAN2ShapeConfig", "PRESET_DIR", "STEPS", "apply_overrides",
+           "available_presets", "load_config", "parse_assignments", "parse_value", "preset_file", "preset_summary",
+           "unknown_preset_message"]
+
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 STEPS = ("step1", "step2", "step3")
 
@@ -40,10 +46,6 @@ CHOICES = {
     "modconv": ("grouped", "dense"),
     "gan_compile": ("none", "inductor", "aot_eager"),
 }
-
-
-class ConfigError(ValueError):
-    """An unknown preset, an unknown key, or a value of the wrong type or range."""
 
 
 @dataclass
