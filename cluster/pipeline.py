@@ -3,8 +3,10 @@
 docs/batch_job.md#decisions-and-deviations in code:
 
 1. fail fast without Ray: input files and columns, ids, bundle, output store,
-   reconstructor import path (issue 6 item 5);
-2. fingerprint the run and plan the rows left (everything keyed by id);
+   reconstructor import path (issue 6 item 5); resolve the method settings once
+   (recon.api) and check them;
+2. fingerprint the run (resolved settings included) and plan the rows left
+   (everything keyed by id);
 3. ``ray.init()`` without an address (cluster under ``ray job submit``, local
    instance on a laptop), then ``read_parquet -> filter -> repartition(1 row per
    block) -> map_batches(ReconstructionWorker, fixed actor pool)`` with the
@@ -27,6 +29,8 @@ from typing import Any, Iterator
 
 from . import reaper
 from .compaction import OutputIndex, check_staged_items, compact, write_manifest
+from recon.api import ReconstructorProtocol
+from recon.errors import ConfigError, MaskRequiredError
 from recon.retry import RetryPolicy, StorageUnavailable
 
 from .config import JobConfig, SetupError
@@ -83,6 +87,8 @@ class Preflight:
     index: OutputIndex
     fingerprint: str
     recon_version: str
+    #: The method settings resolved once by the driver; what every actor runs (docs/batch_job.md#actors).
+    method_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def _recon_version() -> str:
@@ -152,12 +158,13 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
         rec_cls = load_reconstructor_class(cfg.reconstructor)  # a typo fails here, not in N actors
     except WorkerSetupError as exc:
         raise SetupError(str(exc)) from exc
-    _check_method_settings(cfg, rec_cls)
+    method_settings = resolve_method_settings(cfg, rec_cls)
+    _check_method_settings(cfg, rec_cls, method_settings)
     # Fail fast: storage unreachable at start-up is a setup error (exit 2), not waited out; from here on
     # every operation of the output store retries within --storage-retry-max-seconds.
     store = _open_output(cfg, create=not dry_run)
     version = _recon_version()
-    fp = compute_fingerprint(cfg, bundle_bytes=bundle, recon_version=version)
+    fp = compute_fingerprint(cfg, method_settings=method_settings, bundle_bytes=bundle, recon_version=version)
     earlier = claim_output(store, fp, allow_change=cfg.allow_fingerprint_change, write=not dry_run)
     if earlier:
         log.warning("%s also holds rows from earlier fingerprints %s; new rows use %s",
@@ -166,7 +173,7 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
     staged = store.staged_items()
     check_staged_items(index, staged)  # now, not when the end-of-run compaction reads them
     plan = make_plan(scanned, index, set(staged), cfg.limit)
-    return Preflight(inputs, kinds, store, plan, index, fp.digest, version)
+    return Preflight(inputs, kinds, store, plan, index, fp.digest, version, method_settings)
 
 
 def dry_run(cfg: JobConfig) -> str:
@@ -191,40 +198,39 @@ def dry_run(cfg: JobConfig) -> str:
     return "\n".join(lines)
 
 
-def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
-    """With the real method: everything an actor checks when it starts, before Ray starts.
+def resolve_method_settings(cfg: JobConfig, rec_cls: type[ReconstructorProtocol]) -> dict[str, Any]:
+    """``--preset`` and ``--set`` resolved once, by the reconstructor class (recon.api).
 
-    --preset and --set, a mask source when the preset needs masks, the bundle
-    manifest, and the weight files it names (the GAN checkpoint's entries,
-    LPIPS weights when ``lam_perc > 0``, the pretrained checkpoint), read as
-    the actors will read them but memory-mapped (recon.preflight). A typo or a
-    missing file then fails here, in seconds and before ``_run.json`` is
-    written, not in N actors after the cluster started. Other reconstructors
-    (test doubles) check their own settings in the actors.
+    The result is fingerprinted and shipped to every actor, which runs exactly these values: an
+    edited preset file cannot reach the actors without changing the fingerprint.
     """
-    import recon
-
-    real = getattr(recon, "Reconstructor", None)
-    if not (isinstance(rec_cls, type) and isinstance(real, type) and issubclass(rec_cls, real)):
-        return
-    from recon.bundle import BundleError, load_bundle
-    from recon.config import ConfigError, load_config
-    from recon.preflight import check_bundle_files
-
     try:
-        method = load_config(cfg.preset, dict(cfg.overrides) or None)
+        settings = rec_cls.resolve_settings(cfg.preset, dict(cfg.overrides) or None)
     except ConfigError as exc:
         raise SetupError(f"method settings (--preset {cfg.preset}, --set): {exc}") from exc
-    if method.use_mask and not cfg.columns.mask:
-        raise SetupError(f"preset {cfg.preset!r} needs an object mask per image (use_mask); pass --mask-column "
-                         "(Parquet input) or --masks (image folder)")
+    return dict(settings)
+
+
+def _check_method_settings(cfg: JobConfig, rec_cls: type[ReconstructorProtocol],
+                           settings: dict[str, Any]) -> None:
+    """Everything an actor checks when it starts that its class can check before Ray starts.
+
+    ``check_settings`` of the Protocol, for every reconstructor. The method's checks a mask
+    source when the settings need masks, the bundle manifest, and the weight files it names
+    (the GAN checkpoint's entries, LPIPS weights when ``lam_perc > 0``, the pretrained
+    checkpoint), read as the actors will read them but memory-mapped (recon.preflight). A typo
+    or a missing file then fails here, in seconds and before ``_run.json`` is written, not in N
+    actors after the cluster started.
+    """
     try:
-        bundle = load_bundle(cfg.bundle, dict(cfg.storage_options) or None)
-    except (BundleError, OSError) as exc:  # OSError: recon.storage.StorageError fetching a prior file
-        raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
-    try:
-        check_bundle_files(bundle, method, dict(cfg.storage_options) or None)
-    except (ValueError, OSError) as exc:  # Checkpoint/Bundle/LPIPS errors are ValueErrors; StorageError an OSError
+        rec_cls.check_settings(settings, bundle=cfg.bundle, storage_options=dict(cfg.storage_options) or None,
+                               has_masks=bool(cfg.columns.mask))
+    except MaskRequiredError as exc:
+        raise SetupError(f"preset {cfg.preset!r} {exc}; pass --mask-column (Parquet input) or --masks "
+                         "(image folder)") from exc
+    except ConfigError as exc:
+        raise SetupError(f"method settings (--preset {cfg.preset}, --set): {exc}") from exc
+    except (ValueError, OSError) as exc:  # Bundle/Checkpoint/LPIPS errors are ValueErrors; StorageError an OSError
         raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
 
 
@@ -592,7 +598,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
         tracker = start_tracker()
         settings = WorkerSettings(
             reconstructor=cfg.reconstructor, bundle=cfg.bundle, preset=cfg.preset, device=device,
-            overrides=dict(cfg.overrides), storage_options=dict(cfg.storage_options),
+            method_settings=dict(pre.method_settings), storage_options=dict(cfg.storage_options),
             output_url=pre.store.url, columns=cfg.columns, input_protocol=pre.inputs.protocol,
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,
