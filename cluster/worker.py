@@ -159,7 +159,7 @@ def error_message(exc: BaseException) -> str:
 class ReconstructionWorker:
     """Callable class for ``Dataset.map_batches`` (batch_format="pyarrow")."""
 
-    def __init__(self, settings: WorkerSettings):
+    def __init__(self, settings: WorkerSettings) -> None:
         self.s = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         cls = load_reconstructor_class(settings.reconstructor)
