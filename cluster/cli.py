@@ -190,18 +190,24 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; no arguments at all runs the embedded default demo."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        from .demo import run_embedded_default
+    """Entry point; no arguments at all runs the embedded default demo. Returns the exit code.
 
-        return run_embedded_default()
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    # Ray Data's own operator progress block: once a minute is plenty for
-    # multi-hour jobs (docs/batch_job.md#metrics-and-logs); read when ray.data is imported.
-    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
+    The library raises ordinary exceptions (:class:`SetupError` and its subclasses for a job that
+    cannot start: bad flags, input, bundle, a damaged or foreign ``--output``); this is the one
+    place that maps them to exit codes: 2 for setup errors, 1 for storage that stayed away or an
+    incomplete run, 128 + signal for a stop signal.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if not argv:
+            from .demo import run_embedded_default
+
+            return run_embedded_default()
+        args = build_parser().parse_args(argv)
+        _setup_logging(args.verbose)
+        # Ray Data's own operator progress block: once a minute is plenty for
+        # multi-hour jobs (docs/batch_job.md#metrics-and-logs); read when ray.data is imported.
+        os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
         cfg = config_from_args(args)
         from .driver import run_job
         from .preflight import dry_run
@@ -210,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             print(dry_run(cfg))
             return 0
         summary = run_job(cfg)
-    except SetupError as exc:
+    except SetupError as exc:  # InputSetError and DamagedOutputError too: the same command fails the same way
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except JobStopped as exc:

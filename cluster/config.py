@@ -8,6 +8,7 @@ from typing import Any
 from fsspec.utils import glob_translate
 
 from recon.method.config import ConfigError, parse_assignments, parse_value
+from recon.errors import ReconError
 from recon.io.retry import RetryPolicy
 
 from .filesystems import location
@@ -21,8 +22,12 @@ CROP_MODES = ("none", "center")
 DEFAULT_RECONSTRUCTOR = "recon:Reconstructor"
 
 
-class SetupError(SystemExit):
-    """The job cannot start; raised before any actor starts, with the reason."""
+class SetupError(ReconError):
+    """The job cannot start; raised before any actor starts, with the reason.
+
+    An ordinary exception, so ``run_job`` called as a library raises something a caller can
+    catch with ``except Exception``; :func:`cluster.cli.main` turns it into exit code 2.
+    """
 
     def __init__(self, message: str):
         super().__init__(message)

@@ -17,6 +17,7 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
+from recon.errors import ReconError
 from recon.io.retry import RetryPolicy, StorageUnavailable, call_with_retry
 from recon.io.storage import join_uri
 
@@ -28,7 +29,7 @@ __all__ = ["PathPolicy", "RowInputError", "check_contained", "crop_to_square", "
            "decode_latent", "resolve_relative"]
 
 
-class RowInputError(ValueError):
+class RowInputError(ReconError, ValueError):
     """This row's input cannot be used (the message goes into the output row)."""
 
 

@@ -147,7 +147,7 @@ def _execute(cfg: JobConfig, pre: Preflight, summary: JobSummary, metrics: JobMe
         tracker = start_tracker()
         settings = WorkerSettings(
             reconstructor=cfg.reconstructor, bundle=cfg.bundle, preset=cfg.preset, device=device,
-            overrides=dict(cfg.overrides), storage_options=dict(cfg.storage_options),
+            method_settings=dict(pre.method_settings), storage_options=dict(cfg.storage_options),
             output_url=pre.store.url, columns=cfg.columns, input_protocol=pre.inputs.protocol,
             run_seed=cfg.seed, max_attempts=cfg.max_attempts, run_fingerprint=pre.fingerprint,
             recon_version=pre.recon_version, threads=max(1, int(cpus_per_actor)), tracker=tracker,

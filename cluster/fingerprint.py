@@ -1,7 +1,8 @@
 """The run fingerprint: what must stay the same for results to belong together.
 
 docs/batch_job.md#write-once-commits: the fingerprint hashes the code version, the method
-config, the model identity, the output schema version and the run seed. Rows
+settings as resolved by the driver (every value, not the preset's name: an edited built-in
+preset changes it), the model identity, the output schema version and the run seed. Rows
 computed under one fingerprint must not silently mix with rows computed under
 another, so an output folder remembers its fingerprint in ``_run.json`` and a
 run with a different one stops with the differences listed.
@@ -14,10 +15,12 @@ everything under new settings, write to a new output folder instead.
 Execution settings (actor count, device count, shard size, attempts) are not in
 the fingerprint: they change how fast, not what.
 
-``--preset`` may name a YAML file instead of a built-in preset; then the hash
-of its settings (``preset_sha256``) is in the fingerprint too, so editing the
-file is a change of settings like any other. Built-in presets are identified by
-name and the code version, and their fingerprints are as before.
+The resolved settings are recorded in ``_run.json`` beside their hash, so a
+refused run lists the values that changed (``settings.lr: 0.0001 -> 0.001``),
+and the same values reached another way (a ``--set`` equal to the preset's value)
+are the same run. ``preset`` (the name as given) stays for people reading the
+record; ``--preset`` naming a YAML file adds the hash of that file's parsed
+contents (``preset_sha256``), so a run records which file it was.
 
 A folder that holds nothing of the run it remembers (no shard, no staged item,
 no attempt marker: that run stopped before any actor worked on a row, e.g. on a
@@ -33,7 +36,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -43,7 +46,7 @@ from .config import JobConfig, SetupError
 from .output_schema import SCHEMA_VERSION
 from .store import OutputStore
 
-__all__ = ["RunFingerprint", "compute_fingerprint", "claim_output", "claim_holds"]
+__all__ = ["RunFingerprint", "compute_fingerprint", "claim_output", "claim_holds", "settings_sha256"]
 
 log = logging.getLogger("recon.job")
 
@@ -54,14 +57,26 @@ class RunFingerprint:
     fields: dict[str, Any]
 
 
-def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: str) -> RunFingerprint:
-    """Fingerprint of a run (docs/batch_job.md#write-once-commits)."""
+def settings_sha256(method_settings: Mapping[str, Any]) -> str:
+    """Hash of resolved method settings: key order and the Python types of equal JSON values do not count."""
+    return hashlib.sha256(json.dumps(dict(method_settings), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def compute_fingerprint(cfg: JobConfig, *, method_settings: Mapping[str, Any], bundle_bytes: bytes,
+                        recon_version: str) -> RunFingerprint:
+    """Fingerprint of a run (docs/batch_job.md#write-once-commits).
+
+    ``method_settings``: what the reconstructor class resolved ``--preset`` and ``--set`` to
+    (:func:`cluster.preflight.resolve_method_settings`), the values the actors will run.
+    """
+    settings = json.loads(json.dumps(dict(method_settings), sort_keys=True, default=str))  # as _run.json holds it
     fields = {
         "bundle": cfg.bundle,
         # The bundle manifest names the weight files, so its bytes identify the model.
         "bundle_sha256": hashlib.sha256(bundle_bytes).hexdigest(),
         "preset": cfg.preset,
-        "overrides": {k: cfg.overrides[k] for k in sorted(cfg.overrides)},
+        "settings": settings,
+        "settings_sha256": settings_sha256(settings),
         "seed": int(cfg.seed),
         "recon_version": recon_version,
         "schema_version": SCHEMA_VERSION,
@@ -75,7 +90,7 @@ def compute_fingerprint(cfg: JobConfig, *, bundle_bytes: bytes, recon_version: s
     if not cfg.meshes:  # only when off, so fingerprints of runs with meshes stay as they were
         fields["meshes"] = False
     preset_file = _preset_file_sha256(cfg.preset)
-    if preset_file is not None:  # absent for named presets: their fingerprints stay as they were
+    if preset_file is not None:  # a file: which one it was; its values are in `settings` already
         fields["preset_sha256"] = preset_file
     blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return RunFingerprint(hashlib.sha256(blob).hexdigest()[:16], fields)
@@ -102,9 +117,18 @@ def _preset_file_sha256(preset: str) -> str | None:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` per differing field; the settings mapping is compared value by value."""
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b or k == "settings_sha256":  # the hash differs exactly when a setting below does
+            continue
+        if k == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, prefix="settings.")
+        else:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def claim_output(store: OutputStore, fp: RunFingerprint, *, allow_change: bool, write: bool = True) -> list[str]:

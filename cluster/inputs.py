@@ -23,11 +23,14 @@ from .row_index import ROW_INDEX, row_index_ids
 from .image_folder import IMAGE_EXTENSIONS, ImageFolder, glob_root, index_masks, is_image_file, list_images, \
     read_latents
 
-__all__ = ["InputError", "InputSet", "ColumnKinds", "resolve_input", "check_columns", "scan_ids", "derive_ids"]
+__all__ = ["InputSetError", "InputSet", "ColumnKinds", "resolve_input", "check_columns", "scan_ids", "derive_ids"]
 
 
-class InputError(SetupError):
-    """The input cannot be used; the message says why. Raised before any work."""
+class InputSetError(SetupError):
+    """The job's input (files, columns, ids) cannot be used; the message says why. Raised before any work.
+
+    Not :class:`recon.errors.InputError`, which is one instance's image or latent refused by the method.
+    """
 
     def __init__(self, message: str):
         super().__init__(f"input error: {message}")
@@ -82,7 +85,7 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
     try:
         fs, path = filesystem_for(url, storage_options)
     except ImportError as exc:
-        raise InputError(f"cannot open {url}: the filesystem for this URL scheme is not installed ({exc})") from exc
+        raise InputSetError(f"cannot open {url}: the filesystem for this URL scheme is not installed ({exc})") from exc
     images: ImageFolder | None = None
     root = path.rsplit("/", 1)[0] if "/" in path else ""
     try:
@@ -103,22 +106,22 @@ def resolve_input(url: str, storage_options: Mapping[str, Any] | None = None) ->
                 images = list_images(fs, path, visible)
                 paths = images.paths
             if not paths:
-                raise InputError(f"no .parquet files under {url}, and no image files "
+                raise InputSetError(f"no .parquet files under {url}, and no image files "
                                  f"({', '.join(IMAGE_EXTENSIONS)}) either")
         elif fs.isfile(path):
             paths = [path]
             if is_image_file(path):
                 images = list_images(fs, path.rsplit("/", 1)[0] if "/" in path else "", paths)
         else:
-            raise InputError(f"{url} does not exist (or is not readable with the given storage options)")
-    except InputError:
+            raise InputSetError(f"{url} does not exist (or is not readable with the given storage options)")
+    except InputSetError:
         raise
     except PermissionError as exc:
-        raise InputError(f"permission denied reading {url}: {exc}") from exc
+        raise InputSetError(f"permission denied reading {url}: {exc}") from exc
     except Exception as exc:  # endpoint down, bad credentials, ... come in many types
-        raise InputError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
+        raise InputSetError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
     if not paths:
-        raise InputError(f"no Parquet files match {url}")
+        raise InputSetError(f"no Parquet files match {url}")
     return InputSet(url=str(url), fs=fs, paths=sorted(paths), storage_options=dict(storage_options or {}),
                     root=root or "/", images=images)
 
@@ -127,7 +130,7 @@ def attach_companions(inputs: InputSet, columns: Columns, latents: str | None, m
     """Read ``--latents`` and index ``--masks`` for an image-folder input (both are refused for Parquet)."""
     if inputs.images is None:
         if latents or masks:
-            raise InputError("--latents and --masks go with a folder of image files; a Parquet input carries "
+            raise InputSetError("--latents and --masks go with a folder of image files; a Parquet input carries "
                              "its latents and masks as columns (--latent-column, --mask-column)")
         return
     try:
@@ -137,10 +140,10 @@ def attach_companions(inputs: InputSet, columns: Columns, latents: str | None, m
             inputs.masks = index_masks(masks, inputs.storage_options)
             fs, root = filesystem_for(masks, inputs.storage_options)
             inputs.masks_root = to_url(fs, root)
-    except InputError:
+    except InputSetError:
         raise
     except Exception as exc:
-        raise InputError(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from exc
+        raise InputSetError(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -192,14 +195,14 @@ def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None
             with inputs.fs.open(path, "rb") as fh:
                 schema = pq.read_schema(fh)
         except Exception as exc:
-            raise InputError(f"{url} is not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
+            raise InputSetError(f"{url} is not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
         names = schema.names
         has_latent = columns.latent in names
         if kinds is not None and has_latent != kinds.has_latent:
-            raise InputError(f"{url} {'has' if has_latent else 'lacks'} the latent column {columns.latent!r} but "
+            raise InputSetError(f"{url} {'has' if has_latent else 'lacks'} the latent column {columns.latent!r} but "
                              "other input files do not; give every file the column (nulls are inverted) or none")
         if id_from is not None and columns.id in names:
-            raise InputError(f"{url} has an id column {columns.id!r}; --id-from is for inputs without one")
+            raise InputSetError(f"{url} has an id column {columns.id!r}; --id-from is for inputs without one")
         wanted = [("id-from" if id_from else "id", id_from or columns.id)] if id_from != ROW_INDEX else []
         wanted.append(("image", columns.image))
         if columns.mask:
@@ -209,12 +212,12 @@ def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None
         if missing:
             hint = (" (without an id column, pass --id-from COLUMN to derive ids from a column, e.g. "
                     "--id-from image for image paths)" if not id_from and columns.id not in names else "")
-            raise InputError(
+            raise InputSetError(
                 f"{url} lacks {', '.join(missing)}; its columns are: {', '.join(names)}{hint}"
             )
         ok, image_struct = _is_image_type(schema.field(columns.image).type)
         if not ok:
-            raise InputError(
+            raise InputSetError(
                 f"image column {columns.image!r} in {url} has type {schema.field(columns.image).type}; "
                 "expected encoded image bytes (binary) or the Hugging Face image struct<bytes, path>"
             )
@@ -222,13 +225,13 @@ def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None
         if columns.mask:
             ok, mask_struct = _is_image_type(schema.field(columns.mask).type)
             if not ok:
-                raise InputError(
+                raise InputSetError(
                     f"mask column {columns.mask!r} in {url} has type {schema.field(columns.mask).type}; "
                     "expected encoded grayscale image bytes or the Hugging Face image struct<bytes, path>"
                 )
         latent_type = schema.field(columns.latent).type if has_latent else pa.list_(pa.float32())
         if not _is_latent_type(latent_type):
-            raise InputError(
+            raise InputSetError(
                 f"latent column {columns.latent!r} in {url} has type {latent_type}; "
                 "expected a list (or fixed-size list) of floats"
             )
@@ -237,20 +240,20 @@ def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None
         elif id_from:
             source = schema.field(id_from).type
             if pa.types.is_struct(source) and "path" not in {source.field(i).name for i in range(source.num_fields)}:
-                raise InputError(f"--id-from {id_from!r} in {url} is a struct without a 'path' field ({source})")
+                raise InputSetError(f"--id-from {id_from!r} in {url} is a struct without a 'path' field ({source})")
             id_type = pa.string()  # derived ids are text
         else:
             id_type = schema.field(columns.id).type
         if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
                 or pa.types.is_integer(id_type) or pa.types.is_binary(id_type)):
-            raise InputError(f"id column {columns.id!r} in {url} has type {id_type}; expected strings or integers")
+            raise InputSetError(f"id column {columns.id!r} in {url} has type {id_type}; expected strings or integers")
         # Ray merges the files' schemas: int widths widen and string/binary merge, but
         # strings next to integers fail mid-run ("Unable to merge"), so refuse them here.
         family = "integers" if pa.types.is_integer(id_type) else "strings"
         if first_id is None:
             first_id = (family, url, id_type)
         elif family != first_id[0]:
-            raise InputError(
+            raise InputSetError(
                 f"id column {columns.id!r} has type {id_type} in {url} but {first_id[2]} in {first_id[1]}; "
                 "all input files need the same kind of id (all integers, or all strings)"
             )
@@ -259,7 +262,7 @@ def check_columns(inputs: InputSet, columns: Columns, id_from: str | None = None
                                                        kinds.mask_is_struct or mask_struct, has_latent)
     assert kinds is not None
     if kinds.needs_file_paths and "path" in {columns.id, columns.image, columns.latent, columns.mask}:
-        raise InputError("a configured column is named 'path', which the reader needs for image paths; rename it")
+        raise InputSetError("a configured column is named 'path', which the reader needs for image paths; rename it")
     return kinds
 
 
@@ -314,7 +317,7 @@ def scan_ids(inputs: InputSet, id_column: str, id_from: str | None = None) -> li
             column = derive_ids(column)
         if column.null_count:
             what = f"--id-from {id_from!r} value (an image struct without a path?)" if id_from else repr(id_column)
-            raise InputError(f"{url}: {column.null_count} rows have a null {what}; every row needs an id")
+            raise InputSetError(f"{url}: {column.null_count} rows have a null {what}; every row needs an id")
         if pa.types.is_signed_integer(column.type):
             signed = signed or (url, column.type)
         elif pa.types.is_unsigned_integer(column.type) and len(column):
@@ -330,10 +333,10 @@ def scan_ids(inputs: InputSet, id_column: str, id_from: str | None = None) -> li
         scanned.append(ScannedFile(path=path, ids=values))
     if signed and huge:
         # Ray reads all files as one merged type: int64 as soon as one file is signed.
-        raise InputError(f"id column {id_column!r} has ids >= 2**63 in {huge} but type {signed[1]} in {signed[0]}; "
+        raise InputSetError(f"id column {id_column!r} has ids >= 2**63 in {huge} but type {signed[1]} in {signed[0]}; "
                          "Ray would read every id as int64, which cannot hold them: store all ids as unsigned integers")
     if duplicates:
-        raise InputError(
+        raise InputSetError(
             f"duplicate values in id column {id_column!r}, e.g. {', '.join(duplicates)}; "
             "results are keyed by id, so ids must be unique"
         )

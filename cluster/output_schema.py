@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from recon.errors import ReconError
+
 __all__ = [
     "SCHEMA_VERSION",
     "RowContext",
@@ -58,7 +60,7 @@ HF_KEY = "huggingface"
 PARQUET_COMPRESSION = "zstd"
 
 
-class ResultError(ValueError):
+class ResultError(ReconError, ValueError):
     """The method returned something that cannot be stored as a valid row."""
 
 

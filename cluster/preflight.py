@@ -1,15 +1,19 @@
 """Checks and planning before any Ray work: a bad setup fails here, in seconds (docs/batch_job.md#decisions-and-deviations).
 
 :func:`preflight` reads the input's files, columns and ids, the bundle, the method settings and
-the output store; fingerprints the run and claims ``--output``; loads what is committed and
+the output store; resolves the method settings once (:func:`resolve_method_settings`), the
+values every actor runs; fingerprints the run and claims ``--output``; loads what is committed and
 plans the rows left to do. ``--dry-run`` prints that plan (:func:`dry_run`) and writes nothing.
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from recon.api import ReconstructorProtocol
+from recon.errors import ConfigError, MaskRequiredError
 
 from .compaction import OutputIndex, check_staged_items
 from .config import JobConfig, SetupError
@@ -20,7 +24,7 @@ from .planner import Plan, make_plan
 from .store import OutputStore
 from .worker import WorkerSetupError, load_reconstructor_class
 
-__all__ = ["Preflight", "preflight", "dry_run"]
+__all__ = ["Preflight", "preflight", "resolve_method_settings", "dry_run"]
 
 log = logging.getLogger("recon.job")
 
@@ -36,6 +40,8 @@ class Preflight:
     index: OutputIndex
     fingerprint: str
     recon_version: str
+    #: The method settings resolved once by the driver; what every actor runs (docs/batch_job.md#actors).
+    method_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
@@ -61,12 +67,13 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
         rec_cls = load_reconstructor_class(cfg.reconstructor)  # a typo fails here, not in N actors
     except WorkerSetupError as exc:
         raise SetupError(str(exc)) from exc
-    _check_method_settings(cfg, rec_cls)
+    method_settings = resolve_method_settings(cfg, rec_cls)
+    _check_method_settings(cfg, rec_cls, method_settings)
     # Fail fast: storage unreachable at start-up is a setup error (exit 2), not waited out; from here on
     # every operation of the output store retries within --storage-retry-max-seconds.
     store = _open_output(cfg, create=not dry_run)
     version = _recon_version()
-    fp = compute_fingerprint(cfg, bundle_bytes=bundle, recon_version=version)
+    fp = compute_fingerprint(cfg, method_settings=method_settings, bundle_bytes=bundle, recon_version=version)
     earlier = claim_output(store, fp, allow_change=cfg.allow_fingerprint_change, write=not dry_run)
     if earlier:
         log.warning("%s also holds rows from earlier fingerprints %s; new rows use %s",
@@ -75,43 +82,42 @@ def preflight(cfg: JobConfig, *, dry_run: bool = False) -> Preflight:
     staged = store.staged_items()
     check_staged_items(index, staged)  # now, not when the end-of-run compaction reads them
     plan = make_plan(scanned, index, set(staged), cfg.limit)
-    return Preflight(inputs, kinds, store, plan, index, fp.digest, version)
+    return Preflight(inputs, kinds, store, plan, index, fp.digest, version, method_settings)
 
 
-def _check_method_settings(cfg: JobConfig, rec_cls: Any) -> None:
-    """With the real method: everything an actor checks when it starts, before Ray starts.
+def resolve_method_settings(cfg: JobConfig, rec_cls: type[ReconstructorProtocol]) -> dict[str, Any]:
+    """``--preset`` and ``--set`` resolved once, by the reconstructor class (recon.api).
 
-    --preset and --set, a mask source when the preset needs masks, the bundle
-    manifest, and the weight files it names (the GAN checkpoint's entries,
-    LPIPS weights when ``lam_perc > 0``, the pretrained checkpoint), read as
-    the actors will read them but memory-mapped (recon.models.preflight). A typo or a
-    missing file then fails here, in seconds and before ``_run.json`` is
-    written, not in N actors after the cluster started. Other reconstructors
-    (test doubles) check their own settings in the actors.
+    The result is fingerprinted and shipped to every actor, which runs exactly these values: an
+    edited preset file cannot reach the actors without changing the fingerprint.
     """
-    import recon
-
-    real = getattr(recon, "Reconstructor", None)
-    if not (isinstance(rec_cls, type) and isinstance(real, type) and issubclass(rec_cls, real)):
-        return
-    from recon.models.bundle import BundleError, load_bundle
-    from recon.method.config import ConfigError, load_config
-    from recon.models.preflight import check_bundle_files
-
     try:
-        method = load_config(cfg.preset, dict(cfg.overrides) or None)
+        settings = rec_cls.resolve_settings(cfg.preset, dict(cfg.overrides) or None)
     except ConfigError as exc:
         raise SetupError(f"method settings (--preset {cfg.preset}, --set): {exc}") from exc
-    if method.use_mask and not cfg.columns.mask:
-        raise SetupError(f"preset {cfg.preset!r} needs an object mask per image (use_mask); pass --mask-column "
-                         "(Parquet input) or --masks (image folder)")
+    return dict(settings)
+
+
+def _check_method_settings(cfg: JobConfig, rec_cls: type[ReconstructorProtocol],
+                           settings: dict[str, Any]) -> None:
+    """Everything an actor checks when it starts that its class can check before Ray starts.
+
+    ``check_settings`` of the Protocol, for every reconstructor. The method's checks a mask
+    source when the settings need masks, the bundle manifest, and the weight files it names
+    (the GAN checkpoint's entries, LPIPS weights when ``lam_perc > 0``, the pretrained
+    checkpoint), read as the actors will read them but memory-mapped (recon.models.preflight). A
+    typo or a missing file then fails here, in seconds and before ``_run.json`` is written, not in
+    N actors after the cluster started.
+    """
     try:
-        bundle = load_bundle(cfg.bundle, dict(cfg.storage_options) or None)
-    except (BundleError, OSError) as exc:  # OSError: recon.io.storage.StorageError fetching a prior file
-        raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
-    try:
-        check_bundle_files(bundle, method, dict(cfg.storage_options) or None)
-    except (ValueError, OSError) as exc:  # Checkpoint/Bundle/LPIPS errors are ValueErrors; StorageError an OSError
+        rec_cls.check_settings(settings, bundle=cfg.bundle, storage_options=dict(cfg.storage_options) or None,
+                               has_masks=bool(cfg.columns.mask))
+    except MaskRequiredError as exc:
+        raise SetupError(f"preset {cfg.preset!r} {exc}; pass --mask-column (Parquet input) or --masks "
+                         "(image folder)") from exc
+    except ConfigError as exc:
+        raise SetupError(f"method settings (--preset {cfg.preset}, --set): {exc}") from exc
+    except (ValueError, OSError) as exc:  # Bundle/Checkpoint/LPIPS errors are ValueErrors; StorageError an OSError
         raise SetupError(f"bundle {cfg.bundle}: {exc}") from exc
 
 

@@ -19,13 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recon.errors import ReconError
+
 from .filesystems import filesystem_for
 from .output_schema import MAPS_KEY, TENSORS_KEY
 
 __all__ = ["ResultsError", "read_results", "restore_types", "tensor_shapes"]
 
 
-class ResultsError(ValueError):
+class ResultsError(ReconError, ValueError):
     """The results folder cannot be read; the message says why."""
 
 

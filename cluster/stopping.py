@@ -29,8 +29,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class JobStopped(BaseException):
-    """The driver received a stop signal. A BaseException, like KeyboardInterrupt,
-    so ``except Exception`` blocks in the job or in Ray do not swallow it."""
+    """The driver received a stop signal (SIGTERM, SIGINT): a request to stop, not an error.
+
+    Outside the :class:`recon.errors.ReconError` tree on purpose. Raised from the signal handler
+    at whatever line the main thread is running, it must travel past the many ``except
+    Exception`` blocks of the job and of Ray (which turn errors into error rows, retries or
+    warnings) up to :func:`cluster.cli.main`, as KeyboardInterrupt does.
+    """
 
     def __init__(self, signum: int):
         self.signum = int(signum)

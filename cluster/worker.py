@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from recon.api import ReconstructorProtocol, missing_members
+from recon.errors import DivergenceError, ReconError
 from recon.io.retry import RetryPolicy, StorageUnavailable
 
 from .config import Columns
@@ -43,7 +45,6 @@ from .output_schema import (ResultError, RowContext, camera_metadata, error_tabl
                      table_to_parquet_bytes)
 from .meshes import glb_from_arrays
 from .store import OutputStore
-from recon.export import CameraIntrinsics
 
 __all__ = ["ReconstructionWorker", "WorkerSettings", "WorkerSetupError", "load_reconstructor_class",
            "STATUS_SCHEMA"]
@@ -68,7 +69,7 @@ HEARTBEAT_S = 5.0
 ANNOUNCE_TIMEOUT_S = 10.0
 
 
-class WorkerSetupError(RuntimeError):
+class WorkerSetupError(ReconError, RuntimeError):
     """An actor cannot start (bad reconstructor path, missing mask column, ...).
 
     Deliberately not SystemExit: an actor that "exits" instead of raising can
@@ -76,14 +77,14 @@ class WorkerSetupError(RuntimeError):
     """
 
 
-class JobStoppingError(RuntimeError):
+class JobStoppingError(ReconError, RuntimeError):
     """The driver is stopping (SIGTERM, Ctrl-C): the worker starts no new row.
 
     Raised out of ``__call__``; the driver has already left the pipeline.
     """
 
 
-class OutputClaimedError(RuntimeError):
+class OutputClaimedError(ReconError, RuntimeError):
     """Another run claimed ``--output`` anew (cluster.fingerprint); this run must not commit there.
 
     Raised out of ``__call__`` on purpose: it fails the dataset, and the driver
@@ -91,8 +92,9 @@ class OutputClaimedError(RuntimeError):
     """
 
 
-def load_reconstructor_class(path: str) -> type:
-    """Import ``"package.module:ClassName"``; raise :class:`WorkerSetupError` if it fails."""
+def load_reconstructor_class(path: str) -> type[ReconstructorProtocol]:
+    """Import ``"package.module:ClassName"`` and check it has the class-level members of
+    :class:`recon.api.ReconstructorProtocol`; raise :class:`WorkerSetupError` if not."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise WorkerSetupError(f"--reconstructor must look like 'package.module:ClassName', got {path!r}")
@@ -103,6 +105,10 @@ def load_reconstructor_class(path: str) -> type:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise WorkerSetupError(f"cannot load the reconstructor {path!r}: {type(exc).__name__}: {exc}") from exc
+    missing = missing_members(obj) if isinstance(obj, type) else ["a class"]
+    if missing:
+        raise WorkerSetupError(f"the reconstructor {path!r} does not implement recon.api.ReconstructorProtocol: "
+                               f"it lacks {', '.join(missing)}")
     return obj
 
 
@@ -112,9 +118,11 @@ class WorkerSettings:
 
     reconstructor: str
     bundle: str
+    #: ``--preset`` as given: a label for messages; the actor reads no preset.
     preset: str
     device: str
-    overrides: dict[str, Any]
+    #: What the driver's ``resolve_settings`` returned: the actor runs exactly these values.
+    method_settings: dict[str, Any]
     storage_options: dict[str, Any]
     output_url: str
     columns: Columns
@@ -132,31 +140,16 @@ class WorkerSettings:
     meshes: bool = True  # fill mesh_glb on ok rows (issue 19)
 
 
-def _intrinsics(rec: Any, image_size: int) -> CameraIntrinsics:
-    """The camera the method renders with; reconstructors without a renderer use the reference's."""
-    renderer = getattr(rec, "renderer", None)
-    return CameraIntrinsics.from_renderer(renderer) if renderer is not None else CameraIntrinsics(image_size)
-
-
 def _latent_missing(value: Any) -> bool:
     """A null or empty latent means: invert the image first (issue 8)."""
     return value is None or (hasattr(value, "__len__") and len(value) == 0)
-
-
-def _is_divergence(exc: BaseException) -> bool:
-    """recon.DivergenceError, or anything named like it (test doubles, older builds)."""
-    recon = sys.modules.get("recon")
-    cls = getattr(recon, "DivergenceError", None) if recon else None
-    if isinstance(cls, type) and isinstance(exc, cls):
-        return True
-    return any(c.__name__ == "DivergenceError" for c in type(exc).__mro__)
 
 
 def error_message(exc: BaseException) -> str:
     """The text stored in the ``error`` column for a failed row."""
     if isinstance(exc, (RowInputError, ResultError)):
         return str(exc)
-    if _is_divergence(exc):
+    if isinstance(exc, DivergenceError):  # any reconstructor signals divergence with recon's class
         return f"optimization diverged: {exc}"
     if isinstance(exc, ValueError):
         return f"invalid input: {exc}"
@@ -166,36 +159,40 @@ def error_message(exc: BaseException) -> str:
 class ReconstructionWorker:
     """Callable class for ``Dataset.map_batches`` (batch_format="pyarrow")."""
 
-    def __init__(self, settings: WorkerSettings):
+    def __init__(self, settings: WorkerSettings) -> None:
         self.s = settings
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         cls = load_reconstructor_class(settings.reconstructor)
         t0 = time.monotonic()
-        # Loads G, D, the perceptual net and the renderer once per actor.
-        self.rec = cls(settings.bundle, settings.preset, device=settings.device,
-                       overrides=dict(settings.overrides) or None,
-                       storage_options=dict(settings.storage_options) or None)
+        # Loads G, D, the perceptual net and the renderer once per actor, from the settings the
+        # driver resolved and fingerprinted (docs/batch_job.md#actors): no preset is read here.
+        self.rec: ReconstructorProtocol = cls.from_settings(
+            settings.bundle, dict(settings.method_settings), device=settings.device,
+            storage_options=dict(settings.storage_options) or None)
+        missing = missing_members(self.rec)
+        if missing:
+            raise WorkerSetupError(f"the reconstructor {settings.reconstructor!r} lacks {', '.join(missing)} "
+                                   "(recon.api.ReconstructorProtocol)")
         if "torch" in sys.modules and settings.device == "cpu":
             # One actor per `cpus_per_actor` CPUs: avoid oversubscribing cores.
             sys.modules["torch"].set_num_threads(max(1, int(settings.threads)))
         self.image_size = int(self.rec.image_size)
         self.latent_dim = int(self.rec.latent_dim)
-        self.requires_mask = bool(getattr(self.rec, "requires_mask", False))
+        self.requires_mask = bool(self.rec.requires_mask)
         if self.requires_mask and not settings.columns.mask:
             # Every row would fail; stop the job instead of committing N error rows.
             raise WorkerSetupError(
                 f"preset {settings.preset!r} needs an object mask per image; pass --mask-column"
             )
-        self.intrinsics = _intrinsics(self.rec, self.image_size)
-        config = getattr(self.rec, "config", None)
+        self.intrinsics = self.rec.intrinsics
         self.ctx = RowContext(
             image_size=self.image_size,
-            device=str(getattr(self.rec, "device", settings.device)),
-            preset=str(getattr(self.rec, "preset_name", settings.preset)),
-            config_hash=str(getattr(self.rec, "config_hash", "")),
+            device=str(self.rec.device),
+            preset=str(self.rec.preset_name),
+            config_hash=str(self.rec.config_hash),
             recon_version=settings.recon_version,
             run_fingerprint=settings.run_fingerprint,
-            file_metadata=camera_metadata(self.intrinsics, config.to_dict() if hasattr(config, "to_dict") else None),
+            file_metadata=camera_metadata(self.intrinsics, dict(self.rec.settings)),
         )
         self.store = OutputStore(settings.output_url, settings.storage_options, settings.retry)
         self._stop = threading.Event()
@@ -263,7 +260,7 @@ class ReconstructionWorker:
                 continue
             pending.append((image_id, row, previous))
 
-        together = (hasattr(self.rec, "reconstruct_many") and len(pending) > 1 and self.s.invert == "auto"
+        together = (len(pending) > 1 and self.s.invert == "auto"
                     and all(not _latent_missing(row.get(cols.latent)) for _, row, _ in pending))
         if together and all(prev == 0 for _, _, prev in pending):
             statuses.extend(self._run_together(pending))
@@ -375,13 +372,13 @@ class ReconstructionWorker:
 
     def _invert(self, inst: dict[str, Any]) -> dict[str, Any]:
         """Invert the row's image into W (issue 8); returns the extra output columns."""
-        if not hasattr(self.rec, "invert"):
+        if not self.rec.can_invert:
             raise RowInputError("the row has no latent and this reconstructor cannot invert images")
         res = self.rec.invert([inst["image"]], seed=inst["seed"])
         latent = res.latents[0].numpy().astype(np.float32)
         distance = float(res.distance[0])
         inst["latent"] = latent
-        limit = float(getattr(getattr(self.rec, "config", None), "invert_warn_distance", float("inf")))
+        limit = float(self.rec.invert_warn_distance)
         warning = None
         if not np.isfinite(distance) or distance > limit:
             warning = (f"inversion distance {distance:.3f} ({res.metric}) stays above {limit:g}: the GAN may not "

@@ -1,13 +1,18 @@
 """recon: GAN2Shape 3D reconstruction (depth, albedo, normals, light, view) in pure torch.
 
 Main entry points: :class:`Reconstructor` (per-image method), :class:`ReconstructionResult`,
-:func:`recon.stylegan2.load_stylegan2`, :func:`recon.method.config.load_config`.
+:func:`recon.stylegan2.load_stylegan2`, :func:`recon.method.config.load_config`;
+:class:`ReconstructorProtocol` (recon.api) is what the batch job needs from a reconstructor, and
+:class:`ReconError` the base of every error raised on purpose (recon.errors).
 """
 from __future__ import annotations
 
 _LAZY = {
     "Reconstructor": ("recon.method.reconstructor", "Reconstructor"),
     "ReconstructionResult": ("recon.method.result", "ReconstructionResult"),
+    "ReconstructorProtocol": ("recon.api", "ReconstructorProtocol"),
+    "ReconError": ("recon.errors", "ReconError"),
+    "ConfigError": ("recon.errors", "ConfigError"),
     "DivergenceError": ("recon.errors", "DivergenceError"),
     "InputError": ("recon.errors", "InputError"),
     "load_config": ("recon.method.config", "load_config"),

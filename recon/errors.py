@@ -1,12 +1,40 @@
-"""Errors a caller of the method can tell apart."""
+"""The project's exceptions: one tree under :class:`ReconError`.
+
+A caller can catch every error the method or the batch job raises on purpose with
+``except ReconError``, and one kind with its own class. Each class also keeps the builtin base
+it had before (``ValueError`` for bad values, ``OSError`` for storage, ``RuntimeError`` for
+failures while running), so code that catches those keeps working. The batch job's classes
+(``cluster.config.SetupError`` and those below it, the worker's) subclass these; only
+``cluster.stopping.JobStopped``, a stop signal rather than an error, stays outside the tree.
+"""
+from __future__ import annotations
+
+__all__ = ["ReconError", "ConfigError", "MaskRequiredError", "InputError", "DivergenceError", "describe",
+           "first_line"]
 
 
-class DivergenceError(RuntimeError):
-    """An instance's optimisation produced a non-finite loss (NaN or inf)."""
+class ReconError(Exception):
+    """Base of every error raised on purpose by ``recon`` and the batch job."""
 
 
-class InputError(ValueError):
+class ConfigError(ReconError, ValueError):
+    """An unknown preset, an unknown key, or a value of the wrong type or range."""
+
+
+class MaskRequiredError(ConfigError):
+    """The settings need an object mask per image and the job has no mask source.
+
+    Raised by a reconstructor's settings check (:class:`recon.api.Reconstructor`) so the job can
+    name the flags that add one (docs/batch_job.md#custom-reconstructors).
+    """
+
+
+class InputError(ReconError, ValueError):
     """An instance's image, latent or mask cannot be used (wrong shape, NaN, ...)."""
+
+
+class DivergenceError(ReconError, RuntimeError):
+    """An instance's optimisation produced a non-finite loss (NaN or inf)."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,9 +1,9 @@
 """TEST DOUBLE of ``recon.Reconstructor`` for testing the *pipeline mechanics*.
 
-This is not the method and produces no meaningful 3D. It has the same
-interface as the real class (constructor, ``latent_dim``, ``image_size``,
-``requires_mask``, ``preset_name``, ``config_hash``, ``reconstruct``,
-``reconstruct_many``) and does real but cheap work, so the batch job can be
+This is not the method and produces no meaningful 3D. It implements the
+interface the job uses, :class:`recon.api.ReconstructorProtocol` (settings
+steps, sizes, requirements, identity, ``reconstruct``, ``reconstruct_many``;
+``can_invert`` is False), and does real but cheap work, so the batch job can be
 tested end to end on a CPU in seconds:
 
 * depth from brightness (brighter pixel = farther, in [0.9, 1.1]), albedo = the
@@ -14,14 +14,17 @@ tested end to end on a CPU in seconds:
   row id, so markers travel in the data):
 
   ===================  ==================================================
-  ``latent[0] == 999``   raise ``DivergenceError`` (a RuntimeError, like recon's)
+  ``latent[0] == 999``   raise ``recon.errors.DivergenceError``, the class the worker tells apart
   ``latent[0] == -555``  SIGKILL this worker once per row (needs ``kill_once_dir``)
   ``latent[0] == -777``  SIGKILL this worker every time (a poison pill)
   ===================  ==================================================
 
-Overrides (``--set``): ``sleep_s`` (seconds per row), ``kill_once_dir`` (folder
-for fire-once markers), ``log_dir`` (one file per constructor call and per
-``reconstruct`` call, so tests can count restarts and work done).
+Overrides (``--set``, any key accepted): ``sleep_s`` (seconds per row),
+``kill_once_dir`` (folder for fire-once markers), ``log_dir`` (one file per
+constructor call and per ``reconstruct`` call, so tests can count restarts and
+work done). Its resolved settings are ``{"preset": name, "overrides": {...}}``;
+its settings check refuses a ``sleep_s`` that is no number and leaves the bundle
+to the actors (tests rely on a bundle only the actors judge).
 
 The bundle is a small YAML file: ``{image_size: 16, latent_dim: 8}`` (and
 optionally ``requires_mask: true``).
@@ -39,6 +42,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from recon.errors import ConfigError, DivergenceError, InputError
+from recon.export import CameraIntrinsics
 from recon.method.result import ReconstructionResult
 from recon.io.storage import fetch
 
@@ -47,8 +52,7 @@ KILL_ONCE = -555.0
 KILL_ALWAYS = -777.0
 
 
-class DivergenceError(RuntimeError):
-    """Stands in for recon.DivergenceError (a loss became NaN)."""
+__all__ = ["DIVERGE", "KILL_ALWAYS", "KILL_ONCE", "DivergenceError", "PipelineTestDouble"]
 
 
 def _log(log_dir: str | None, kind: str, payload: dict) -> None:
@@ -61,7 +65,27 @@ def _log(log_dir: str | None, kind: str, payload: dict) -> None:
 
 
 class PipelineTestDouble:
-    """Same interface as recon.Reconstructor; cheap deterministic outputs (see module doc)."""
+    """recon.api.ReconstructorProtocol with cheap deterministic outputs (see module doc)."""
+
+    can_invert = False
+    invert_warn_distance = float("inf")
+
+    @classmethod
+    def resolve_settings(cls, preset: str, overrides: dict | None = None) -> dict:
+        return {"preset": str(preset), "overrides": dict(overrides or {})}
+
+    @classmethod
+    def check_settings(cls, settings: dict, *, bundle: str, storage_options: dict | None = None,
+                       has_masks: bool = False) -> None:
+        sleep_s = settings["overrides"].get("sleep_s", 0.0)
+        if isinstance(sleep_s, bool) or not isinstance(sleep_s, (int, float)):
+            raise ConfigError(f"sleep_s must be a number of seconds, got {sleep_s!r}")
+
+    @classmethod
+    def from_settings(cls, bundle: str, settings: dict, *, device: str = "cpu",
+                      storage_options: dict | None = None) -> "PipelineTestDouble":
+        return cls(bundle, settings["preset"], device=device, overrides=settings["overrides"],
+                   storage_options=storage_options)
 
     def __init__(self, bundle: str, preset: str, device: str = "cpu", overrides: dict | None = None,
                  storage_options: dict | None = None):
@@ -81,7 +105,12 @@ class PipelineTestDouble:
         self.sleep_s = float(self.overrides.get("sleep_s", 0.0))
         self.kill_once_dir = self.overrides.get("kill_once_dir")
         self.log_dir = self.overrides.get("log_dir")
+        self.settings = self.resolve_settings(preset, self.overrides)
+        self.intrinsics = CameraIntrinsics(self.image_size)  # the reference's camera at this size
         _log(self.log_dir, "init", {"pid": os.getpid()})
+
+    def invert(self, images: list, seed: int = 0):
+        raise InputError("the test double cannot invert images (can_invert is False)")
 
     def _check(self, image: np.ndarray, latent: np.ndarray) -> None:
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from recon.errors import ReconError
+
 __all__ = ["RetryPolicy", "StorageUnavailable", "call_with_retry", "is_transient", "s3_retry_options"]
 
 log = logging.getLogger("recon.storage")
@@ -43,7 +45,7 @@ _TRANSIENT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeo
                     "ResponseStreamingError", "HTTPClientError")
 
 
-class StorageUnavailable(RuntimeError):
+class StorageUnavailable(ReconError, RuntimeError):
     """Storage stayed unreachable past the retry bound; the message is one line for the user."""
 
 

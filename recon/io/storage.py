@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import fsspec
 
+from recon.errors import ReconError
 from .retry import call_with_retry
 
 __all__ = ["StorageError", "cache_dir", "fetch", "is_local", "join_uri"]
@@ -25,7 +26,7 @@ __all__ = ["StorageError", "cache_dir", "fetch", "is_local", "join_uri"]
 CACHE_ENV = "RECON_CACHE_DIR"
 
 
-class StorageError(OSError):
+class StorageError(ReconError, OSError):
     """A model file could not be located, read or fully downloaded."""
 
 

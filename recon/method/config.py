@@ -1,11 +1,11 @@
 """Method configuration: the reference's per-dataset presets plus user overrides.
 
-A preset is a YAML file in ``recon/method/presets`` holding every value of one of the
-reference configs (docs/method.md#stages-and-schedule); ``_defaults.yaml`` holds what all
-configs share. Users override any key from the command line (``key=value``,
+A preset is a YAML file in ``recon/method/presets`` holding the values of one of the
+reference configs (docs/method.md#stages-and-schedule) that differ from the defaults of
+:class:`GAN2ShapeConfig`, whose fields hold what all configs share. Users override any key from the command line (``key=value``,
 dotted keys for nested values such as ``stage_len.step1=100``) or from their own
-YAML/JSON file. Unknown keys and wrong types are errors, so a typo never
-silently runs the reference settings.
+YAML/JSON file. Unknown keys and wrong types (checked against the field annotations)
+are errors, so a typo never silently runs the reference settings.
 """
 from __future__ import annotations
 
@@ -15,11 +15,19 @@ import hashlib
 import json
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from recon.errors import ConfigError
+
+__all__ = ["CHOICES", "ConfigError", "FIELD_TYPES", "GAN2ShapeConfig", "PRESET_DIR", "STEPS", "apply_overrides",
+           "available_presets", "load_config", "parse_assignments", "parse_value", "preset_file", "preset_summary",
+           "unknown_preset_message"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 STEPS = ("step1", "step2", "step3")
@@ -40,29 +48,31 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
-    """An unknown preset, an unknown key, or a value of the wrong type or range."""
-
-
 @dataclass
 class GAN2ShapeConfig:
-    """Every setting of one GAN2Shape run (see ``recon/method/presets/_defaults.yaml`` for meanings)."""
+    """Every setting of one GAN2Shape run, with the defaults all presets start from.
+
+    These field defaults are the one place the shared values live: the reference code's defaults and
+    the settings identical in all eight reference configs (docs/method.md#stages-and-schedule). A
+    preset file (``recon/method/presets/*.yaml``) lists what differs from them. The annotations are the
+    types :func:`apply_overrides` checks every preset, file and ``--set`` value against.
+    """
 
     name: str = "custom"
     category: str = "face"
     image_size: int = 128
     crop: int | None = None
     num_stage: int = 4
-    stage_len: dict = field(default_factory=lambda: {"step1": 600, "step2": 600, "step3": 400})
-    stage_len_later: dict = field(default_factory=lambda: {"step1": 200, "step2": 500, "step3": 300})
+    stage_len: dict[str, int] = field(default_factory=lambda: {"step1": 600, "step2": 600, "step3": 400})
+    stage_len_later: dict[str, int] = field(default_factory=lambda: {"step1": 200, "step2": 500, "step3": 300})
     collect_iters: int = 100
     batchsize: int = 16
-    flip1: list = field(default_factory=lambda: [False] * 4)
-    flip3: list = field(default_factory=lambda: [False] * 4)
+    flip1: list[bool] = field(default_factory=lambda: [False] * 4)
+    flip3: list[bool] = field(default_factory=lambda: [False] * 4)
     relative_enc: bool = False
     use_mask: bool = False
     view_scale: float = 1.0
-    rand_light: list = field(default_factory=lambda: [-1.0, 1.0, -0.2, 0.8, -0.1, 0.6, -0.6])
+    rand_light: list[float] = field(default_factory=lambda: [-1.0, 1.0, -0.2, 0.8, -0.1, 0.6, -0.6])
     F1_d: int = 2
     prior_near: float = 0.91
     prior_far: float = 1.02
@@ -72,7 +82,7 @@ class GAN2ShapeConfig:
     reset_weight: bool = True
     min_depth: float = 0.9
     max_depth: float = 1.1
-    border_depth: float | None = None
+    border_depth: float | None = None  # None: 0.7 * max_depth + 0.3 * min_depth = 1.04
     xyz_rotation_range: float = 60.0
     xy_translation_range: float = 0.1
     z_translation_range: float = 0.0
@@ -80,8 +90,8 @@ class GAN2ShapeConfig:
     fov: float = 10.0
     lr: float = 1e-4
     weight_decay: float = 5e-4
-    lr_warmup: int = 0
-    net_width_divisor: int = 1
+    lr_warmup: int = 0  # iterations of linear learning-rate warm-up after each (fresh) Adam; 0 = reference
+    net_width_divisor: int = 1  # D, A, V, L, E this many times narrower (2, 4, 8: CPU demos); 1 = reference
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_regular: float = 0.01
@@ -89,26 +99,34 @@ class GAN2ShapeConfig:
     add_mean_L: bool = True
     truncation: float = 1.0
     renderer: str = "torch"
+    # how K instances' networks run together: vmap, loop, auto (vmap on CUDA, loop on CPU)
     network_batching: str = "auto"
-    gan_chunk: int = 0
+    gan_chunk: int = 0  # instances per generator/discriminator call in a batched group; 0 = all on CUDA, 1 on CPU
+    # the same Adam update, computed as: fused (one kernel per step), foreach, loop (torch's CPU default)
     adam_impl: str = "fused"
-    autocast: str = "none"
-    lpips_autocast: str = "none"
+    autocast: str = "none"  # bf16: networks and GAN under bfloat16 autocast; renderer, losses, Adam stay float32
+    lpips_autocast: str = "none"  # bf16: LPIPS's VGG16 convolutions (steps 1 and 3) in bfloat16; distances float32
+    # StyleGAN2 modulated convs: dense (shared conv, style and demodulation as scalings) or grouped (the
+    # reference's per-sample grouped conv); the same function, dense is faster
     modconv: str = "dense"
-    gan_compile: str = "none"
-    fast: float = 1.0
-    default_mask_box: list = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
-    border_weight: float = 1.02
-    ellipsoid_center: str = "image"
-    mapping_tail: str = "reference"
-    encoder_shortcut_relu: bool = True
-    pseudo_light_strength: str = "last_image"
-    invert_steps: int = 1000
+    gan_compile: str = "none"  # torch.compile the frozen G and D features: none, inductor, aot_eager (no codegen)
+    fast: float = 1.0  # scales every iteration count (schedule, collection, prior fit); 1 = reference
+    # rows then columns, fractions of the image, used without a mask
+    default_mask_box: list[float] = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
+    # Reference quirks, reproduced by default; the comment names the fix.
+    border_weight: float = 1.02  # fix: 1.0 (the border columns become exactly border_depth)
+    ellipsoid_center: str = "image"  # fix: box (stretch the prior about the box centre, not the image centre)
+    mapping_tail: str = "reference"  # fix: exact (the tail holds exactly F1_d linear layers)
+    encoder_shortcut_relu: bool = True  # fix: false (E's shortcut sees x, not ReLU(x))
+    pseudo_light_strength: str = "last_image"  # joint mode; fix: per_image
+    # GAN inversion of images that come without a W latent (recon.method.inversion); the author's settings for
+    # BFM were 1000 steps, lr 0.1, a VGG perceptual loss, no noise optimisation.
+    invert_steps: int = 1000  # scaled by `fast` like every iteration count
     invert_lr: float = 0.1
-    invert_l1: float = 1.0
-    invert_patience: int = 100
+    invert_l1: float = 1.0  # weight of the pixel L1 beside the perceptual distance
+    invert_patience: int = 100  # stop when no image improved by invert_tol (relative) for this many steps
     invert_tol: float = 1e-3
-    invert_warn_distance: float = 0.3
+    invert_warn_distance: float = 0.3  # rows whose final distance stays above this get a warning in the output
 
     # --- derived values ------------------------------------------------------
     @property
@@ -144,8 +162,23 @@ class GAN2ShapeConfig:
         return {s: sum(self.step_iters(k, s) for k in range(self.num_stage)) for s in STEPS}
 
     # --- serialisation ---------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting by name: the resolved settings a batch job ships to its workers and fingerprints."""
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "GAN2ShapeConfig":
+        """The config :meth:`to_dict` returned, checked like a preset.
+
+        Every key must be there: resolved settings are meant to be complete, so a missing key is
+        an error instead of a silent default.
+        """
+        missing = sorted(set(FIELD_TYPES) - set(values))
+        if missing:
+            raise ConfigError(f"resolved settings lack the keys {missing}")
+        merged = apply_overrides(cls().to_dict(), {k: v for k, v in values.items() if k != "name"})
+        merged["name"] = str(values["name"])
+        return cls(**merged).validate()
 
     def hash(self, extra: Mapping[str, Any] | None = None) -> str:
         """Short stable hash of every setting (and ``extra``, e.g. the model bundle's identity)."""
@@ -198,10 +231,12 @@ class GAN2ShapeConfig:
         return self
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(GAN2ShapeConfig)}
+#: Each setting's type, the annotation evaluated (``int | None``, ``list[bool]``, ...): what coercion follows.
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(GAN2ShapeConfig)
 
 
 def available_presets() -> list[str]:
+    """The built-in preset names (files starting with ``_`` are not presets)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
@@ -264,35 +299,58 @@ def parse_value(raw: str) -> Any:
     return value
 
 
-def _coerce(key: str, value: Any, current: Any) -> Any:
-    """Check ``value`` against the type of the current value of ``key``."""
-    if isinstance(value, str) and not isinstance(current, str):
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """``int | None`` -> ``(int, True)``; any other type -> ``(type, False)``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(args) < len(typing.get_args(hint)):
+            return args[0], True
+    return hint, False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # True is an int to Python
+
+
+def _coerce(key: str, value: Any, current: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotated type ``hint`` of setting ``key``; ``current`` is its value now."""
+    base, optional = _optional(hint)
+    if isinstance(value, str) and base is not str:
         value = parse_value(value)  # command-line strings: "true", "0.5", "[1, 2]", "null"; "010" stays text
     if value is None:
-        if key in ("crop", "border_depth"):
+        if optional:
             return None
         raise ConfigError(f"{key} cannot be null")
-    if isinstance(current, bool) or key in ("relative_enc", "use_mask"):
+    origin, args = typing.get_origin(base) or base, typing.get_args(base)
+    if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
-    if isinstance(current, int) or key == "crop":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if base is int:
+        if not _is_number(value) or int(value) != value:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
-    if isinstance(current, float) or key == "border_depth":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if base is float:
+        if not _is_number(value):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
-    if isinstance(current, list):
+    if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        # items are checked, not converted: the values stay as written, so config hashes stay as they were
+        if item is bool and not all(isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of true/false, got {value!r}")
+        if item is float and not all(_is_number(v) for v in value):
+            raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
         return value
-    if isinstance(current, dict):
+    if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        if len(args) == 2 and args[1] is int and not all(_is_number(v) and int(v) == v for v in value.values()):
+            raise ConfigError(f"{key} must map names to integers, got {value!r}")
         return {**current, **value}
-    if isinstance(current, str):
+    if base is str:
         return str(value)
     return value
 
@@ -312,7 +370,7 @@ def apply_overrides(cfg_dict: dict, overrides: Mapping[str, Any]) -> dict:
                 raise ConfigError(f"{raw_key} must be an integer, got {value!r}")
             out[key][sub] = v
         else:
-            out[key] = _coerce(key, value, out[key])
+            out[key] = _coerce(key, value, out[key], FIELD_TYPES[key])
     return out
 
 
@@ -346,8 +404,7 @@ def load_config(
 
     Precedence: reference defaults < preset < ``override_file`` < ``overrides``.
     """
-    base = GAN2ShapeConfig().to_dict()
-    base.update(_read_mapping(PRESET_DIR / "_defaults.yaml"))
+    base = GAN2ShapeConfig().to_dict()  # the field defaults: the values every reference config shares
     path = preset_file(preset)
     if path is not None:
         preset_values, name = _read_mapping(path), path.stem

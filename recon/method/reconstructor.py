@@ -4,7 +4,8 @@
 discriminator, the LPIPS network and the renderer once; ``reconstruct`` runs the
 whole GAN2Shape schedule for one image and ``reconstruct_many`` runs several
 images together on one device (each with its own networks and optimiser
-state, see :mod:`recon.method.engine`).
+state, see :mod:`recon.method.engine`). It implements :class:`recon.api.ReconstructorProtocol`, the
+interface the batch job uses (docs/batch_job.md#custom-reconstructors).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from recon.models.bundle import ModelBundle, load_bundle, load_pretrained_networ
 from .config import GAN2ShapeConfig, load_config
 from .cpu_memory import retain_freed_cpu_memory
 from .engine import NETWORKS, Instance, InstanceGroup
-from recon.errors import DivergenceError, InputError, describe, first_line
+from recon.errors import DivergenceError, InputError, MaskRequiredError, describe, first_line
+from recon.export import CameraIntrinsics
 from .imaging import image_to_tensor, mask_to_tensor, prepare_input
 from .latent import LatentProjector
 from .networks import build_networks
@@ -83,6 +85,51 @@ def mapping_output_range(generator: torch.nn.Module, style_dim: int, device: tor
 
 class Reconstructor:
     """GAN2Shape reconstruction of single images with one loaded model bundle."""
+
+    #: Images without a latent can be inverted into W first (:meth:`invert`).
+    can_invert = True
+
+    # ------------------------------------------------------------------ settings (recon.api)
+    @classmethod
+    def resolve_settings(cls, preset: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The preset with ``overrides`` applied, as the complete dict :meth:`from_settings` takes."""
+        return load_config(preset, overrides).to_dict()
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any], *, bundle: str,
+                       storage_options: Mapping[str, Any] | None = None, has_masks: bool = False) -> None:
+        """What :meth:`__init__` would refuse, checked without loading the models (recon.models.preflight).
+
+        The mask requirement first, then the bundle manifest and the weight files it names (the
+        GAN checkpoint's entries, LPIPS weights when ``lam_perc > 0``, the pretrained networks),
+        memory-mapped, so a missing file fails in seconds instead of in every actor.
+        """
+        from recon.models.preflight import check_bundle_files
+
+        config = GAN2ShapeConfig.from_dict(settings)
+        if config.use_mask and not has_masks:
+            raise MaskRequiredError("needs an object mask per image (use_mask)")
+        check_bundle_files(load_bundle(bundle, storage_options), config, storage_options)
+
+    @classmethod
+    def from_settings(cls, bundle: str | ModelBundle, settings: Mapping[str, Any], *, device: str = "cpu",
+                      storage_options: Mapping[str, Any] | None = None) -> "Reconstructor":
+        """A reconstructor running exactly the resolved ``settings`` (no preset file is read)."""
+        return cls(bundle, device=device, storage_options=storage_options, config=GAN2ShapeConfig.from_dict(settings))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The resolved settings this reconstructor runs (:meth:`GAN2ShapeConfig.to_dict`)."""
+        return self.config.to_dict()
+
+    @property
+    def intrinsics(self) -> CameraIntrinsics:
+        """The renderer's camera: what a reader needs to unproject the stored depth maps."""
+        return CameraIntrinsics.from_renderer(self.renderer)
+
+    @property
+    def invert_warn_distance(self) -> float:
+        return float(self.config.invert_warn_distance)
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import torch
 import yaml
 
-from recon.errors import describe
+from recon.errors import ReconError, describe
 from .state_dicts import state_dict_problem
 from recon.io.storage import StorageError, fetch, join_uri
 
@@ -31,7 +31,7 @@ KNOWN_KEYS = {"stylegan2", "lpips", "view_mvn", "light_mvn", "pretrained", "desc
 NETWORK_KEYS = ("netD", "netA", "netV", "netL", "netEnc")
 
 
-class BundleError(ValueError):
+class BundleError(ReconError, ValueError):
     """The manifest or one of the files it names is missing or malformed."""
 
 

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from recon.errors import describe
+from recon.errors import ReconError, describe
 from recon.io.storage import fetch
 
 __all__ = [
@@ -75,7 +75,7 @@ HEAD_CHANNELS = (64, 128, 256, 512, 512)
 MIN_INPUT_SIZE = 16
 
 
-class LPIPSWeightsError(ValueError):
+class LPIPSWeightsError(ReconError, ValueError):
     """An LPIPS weight file is unreadable or does not hold what LPIPS needs; the message names the file."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ReconError
+
 __all__ = ["NeuralRendererUnavailable", "NeuralRendererDepth", "INSTALL_HINT"]
 
 INSTALL_HINT = (
@@ -22,7 +24,7 @@ INSTALL_HINT = (
 )
 
 
-class NeuralRendererUnavailable(RuntimeError):
+class NeuralRendererUnavailable(ReconError, RuntimeError):
     """Raised when backend='neural_renderer' is asked for but cannot run here."""
 
 

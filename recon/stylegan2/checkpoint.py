@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import describe, first_line
+from ..errors import ReconError, describe, first_line
 from recon.models.state_dicts import state_dict_problem
 from recon.io.storage import StorageError, fetch
 from .networks import Discriminator, Generator, StyleGAN2Config, channel_table
@@ -32,7 +32,7 @@ SAFE_GLOBALS = [argparse.Namespace]
 MISSING_NOISE_SEED = 0
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReconError, ValueError):
     """The file is not a usable StyleGAN2 checkpoint; the message says why."""
 
 

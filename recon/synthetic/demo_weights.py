@@ -15,6 +15,7 @@ import torch
 
 from recon.models.bundle import load_pretrained_networks
 from recon.method.config import GAN2ShapeConfig, load_config
+from ..errors import ReconError
 from recon.method.joint import pretrain
 from recon.method.networks import build_networks
 from recon.method.reconstructor import Reconstructor
@@ -34,7 +35,7 @@ TRAIN_FAST = 5.0
 TRAIN_THREADS = 2
 
 
-class DemoWeightsError(ValueError):
+class DemoWeightsError(ReconError, ValueError):
     """The shipped checkpoint is missing or does not fit the demo preset's networks."""
 
 

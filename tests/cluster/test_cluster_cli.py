@@ -166,3 +166,36 @@ def test_real_method_settings_fail_before_the_folder_is_claimed(tmp_path):
     assert not (out / "_run.json").exists()
     # the fixed command starts (lam_perc 0: the tiny bundle has no LPIPS weights, which preflight now checks)
     assert preflight(cfg({**TINY_SCHEDULE, "lam_perc": 0.0})).plan.todo == 1
+
+
+def test_every_reconstructor_gets_its_settings_checked_before_ray(setup):
+    """The driver calls the Protocol's settings check for any reconstructor, not only the method:
+    the test double refuses a sleep_s that is no number, before anything is written."""
+    tmp, bundle = setup
+    _fails(job_config(str(tmp / "in"), str(tmp / "out"), bundle, overrides={"sleep_s": "long"}),
+           r"method settings \(--preset celeba, --set\): sleep_s must be a number of seconds, got 'long'")
+    assert not (tmp / "out").exists()
+    pre = preflight(job_config(str(tmp / "in"), str(tmp / "out"), bundle, overrides={"sleep_s": 0.5}))
+    assert pre.method_settings == {"preset": "celeba", "overrides": {"sleep_s": 0.5}}  # what the actors get
+
+
+def test_setup_errors_are_ordinary_exceptions_mapped_to_exit_2_by_main(setup, monkeypatch, capsys):
+    """run_job raises SetupError (a ReconError, not SystemExit) to a library caller; main maps it to 2."""
+    from cluster.driver import run_job
+    from recon.errors import ReconError
+
+    assert issubclass(SetupError, ReconError) and not issubclass(SetupError, SystemExit)
+    tmp, bundle = setup
+    with pytest.raises(SetupError, match="input error: .*nope does not exist") as err:
+        run_job(job_config(str(tmp / "nope"), str(tmp / "out"), bundle))
+    assert isinstance(err.value, Exception)
+    from cluster.inputs import InputSetError
+
+    assert isinstance(err.value, InputSetError)
+
+    def refuse_demo() -> int:
+        raise SetupError("the demo cannot start")
+
+    monkeypatch.setattr(cluster.demo, "run_embedded_default", refuse_demo)
+    assert main([]) == 2  # the no-argument demo is mapped the same way
+    assert "error: the demo cannot start" in capsys.readouterr().err

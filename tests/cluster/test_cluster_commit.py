@@ -176,33 +176,81 @@ def test_folder_without_rows_is_claimed_anew_by_a_changed_run(tmp_path):
     assert claim_holds(OutputStore(str(tmp_path / "unclaimed")), "cccc")
 
 
+REAL = "recon:Reconstructor"
+
+
+def _real_fingerprint(preset: str, overrides: dict | None = None):
+    """The fingerprint preflight computes for the real method: settings resolved by its class."""
+    from cluster.fingerprint import compute_fingerprint
+    from cluster.preflight import resolve_method_settings
+    from cluster_helpers import job_config
+    from recon import Reconstructor
+
+    cfg = job_config("in", "out", "b.yaml", preset=preset, reconstructor=REAL, overrides=overrides)
+    return compute_fingerprint(cfg, method_settings=resolve_method_settings(cfg, Reconstructor),
+                               bundle_bytes=b"bundle", recon_version="0.1.0")
+
+
 def test_preset_file_contents_are_in_the_fingerprint(tmp_path):
     """--preset may be a YAML path: editing the file changes the fingerprint (comments do not);
-    a named preset's fingerprint is made of the same fields as before."""
+    a named preset's fingerprint is made of exactly the documented fields."""
     import hashlib
-
-    from cluster.fingerprint import compute_fingerprint
-    from cluster_helpers import job_config
 
     preset = tmp_path / "my_preset.yaml"
     preset.write_text("category: face\nimage_size: 64\nfast: 0.05\n")
 
-    def fp(name):
-        return compute_fingerprint(job_config("in", "out", "b.yaml", preset=name), bundle_bytes=b"bundle",
-                                   recon_version="0.1.0")
-
-    first = fp(str(preset))
+    first = _real_fingerprint(str(preset))
     preset.write_text("# my settings\ncategory: face\nimage_size:   64\nfast: 0.05\n")
-    assert fp(str(preset)).digest == first.digest  # same settings
+    assert _real_fingerprint(str(preset)).digest == first.digest  # same settings
     preset.write_text("category: face\nimage_size: 128\nfast: 1.0\n")
-    edited = fp(str(preset))
+    edited = _real_fingerprint(str(preset))
     assert edited.digest != first.digest
     assert edited.fields["preset_sha256"] != first.fields["preset_sha256"]
+    assert edited.fields["settings_sha256"] != first.fields["settings_sha256"]
+    assert (first.fields["settings"]["image_size"], edited.fields["settings"]["image_size"]) == (64, 128)
 
-    named = fp("celeba")
+    named = _real_fingerprint("celeba")
     assert "preset_sha256" not in named.fields
-    old_fields = {"bundle": "b.yaml", "bundle_sha256": hashlib.sha256(b"bundle").hexdigest(), "preset": "celeba",
-                  "overrides": {}, "seed": 0, "recon_version": "0.1.0", "schema_version": named.fields["schema_version"],
-                  "reconstructor": "cluster_doubles:PipelineTestDouble", "invert": "auto"}
-    expected = hashlib.sha256(json.dumps(old_fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    assert named.digest == expected  # existing folders made with a named preset keep their fingerprint
+    from recon.method.config import load_config
+
+    settings = load_config("celeba").to_dict()
+    documented = {"bundle": "b.yaml", "bundle_sha256": hashlib.sha256(b"bundle").hexdigest(), "preset": "celeba",
+                  "settings": settings,
+                  "settings_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+                  "seed": 0, "recon_version": "0.1.0", "schema_version": named.fields["schema_version"],
+                  "reconstructor": REAL, "invert": "auto"}
+    expected = hashlib.sha256(json.dumps(documented, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert named.fields == documented and named.digest == expected
+
+
+def test_an_edited_built_in_preset_changes_the_fingerprint_and_the_guard_fires(tmp_path, monkeypatch):
+    """A built-in preset's file edited in place (same name, same code version): the resolved values
+    differ, so the fingerprint does and a run into a folder of the old values is refused."""
+    import shutil
+
+    import recon.method.config
+
+    before = _real_fingerprint("celeba")
+    presets = tmp_path / "presets"
+    shutil.copytree(recon.method.config.PRESET_DIR, presets)
+    text = (presets / "celeba.yaml").read_text()
+    assert "lr:" not in text  # celeba takes lr from the field defaults: add it to the file
+    (presets / "celeba.yaml").write_text(text + "lr: 2.0e-4\n")
+    monkeypatch.setattr(recon.method.config, "PRESET_DIR", presets)
+    after = _real_fingerprint("celeba")
+    assert after.fields["preset"] == before.fields["preset"] == "celeba"
+    assert after.fields["recon_version"] == before.fields["recon_version"]
+    assert after.digest != before.digest and after.fields["settings"]["lr"] == 2e-4
+
+    store = OutputStore(str(tmp_path / "out"))
+    assert claim_output(store, before, allow_change=False) == []
+    store.commit_item("r0", _item("r0"))  # a row made with the old values
+    with pytest.raises(SetupError, match=r"different run.*settings\.lr: 0\.0001 -> 0\.0002"):
+        claim_output(store, after, allow_change=False)
+
+
+def test_the_same_resolved_values_reached_another_way_are_the_same_run():
+    """--set of the value the preset has anyway resolves to the same settings: the same fingerprint."""
+    plain = _real_fingerprint("celeba")
+    assert _real_fingerprint("celeba", {"lr": "0.0001", "fast": 1}).digest == plain.digest
+    assert _real_fingerprint("celeba", {"lr": "0.0002"}).digest != plain.digest

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.config import Columns, JobConfig, SetupError
-from cluster.inputs import InputError, check_columns, resolve_input, scan_ids
+from cluster.inputs import InputSetError, check_columns, resolve_input, scan_ids
 from cluster.planner import Plan
 
 
@@ -25,7 +25,7 @@ def test_scan_refuses_signed_ids_next_to_ids_above_int64(tmp_path, signed_ids):
     """Ray merges int64 and uint64 files to int64, where ids >= 2**63 fail mid-read."""
     pq.write_table(pa.table({"image_id": pa.array(signed_ids, pa.int64())}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"image_id": pa.array([2**63], pa.uint64())}), tmp_path / "b.parquet")
-    with pytest.raises(InputError, match=r"ids >= 2\*\*63 in \S*b\.parquet but type int64 in \S*a\.parquet"):
+    with pytest.raises(InputSetError, match=r"ids >= 2\*\*63 in \S*b\.parquet but type int64 in \S*a\.parquet"):
         scan_ids(resolve_input(str(tmp_path)), "image_id")
     pq.write_table(pa.table({"image_id": pa.array([0, 1], pa.uint32())}), tmp_path / "a.parquet")
     assert [f.ids for f in scan_ids(resolve_input(str(tmp_path)), "image_id")] == [[0, 1], [2**63]]
@@ -40,7 +40,7 @@ def test_check_columns_refuses_string_ids_next_to_integer_ids(tmp_path):
     """Ray cannot merge string and integer id columns; say so before any actor starts."""
     _id_file(tmp_path / "a.parquet", ["x-0", "x-1"], pa.string())
     _id_file(tmp_path / "b.parquet", [2, 3], pa.int64())
-    with pytest.raises(InputError, match=r"'image_id' has type int64 in \S*b\.parquet but string in \S*a\.parquet"):
+    with pytest.raises(InputSetError, match=r"'image_id' has type int64 in \S*b\.parquet but string in \S*a\.parquet"):
         check_columns(resolve_input(str(tmp_path)), Columns())
 
 

@@ -9,6 +9,7 @@ import pytest
 from cluster.config import Columns, SetupError
 from cluster.store import OutputStore
 from cluster.worker import OutputClaimedError, ReconstructionWorker, WorkerSettings
+from cluster_doubles import PipelineTestDouble
 from cluster_helpers import (
     DOUBLE,
     committed_files,
@@ -33,7 +34,8 @@ def test_worker_does_not_commit_into_a_folder_claimed_by_another_run(tmp_path):
     bundle = write_bundle(str(tmp_path / "bundle.yaml"))
     out = tmp_path / "out"
     settings = WorkerSettings(
-        reconstructor=DOUBLE, bundle=bundle, preset="celeba", device="cpu", overrides={}, storage_options={},
+        reconstructor=DOUBLE, bundle=bundle, preset="celeba", device="cpu",
+        method_settings=PipelineTestDouble.resolve_settings("celeba", {}), storage_options={},
         output_url=str(out), columns=Columns(), input_protocol="file", run_seed=0, max_attempts=3,
         run_fingerprint="aaaa", recon_version="0.1.0")
     worker = ReconstructionWorker(settings)

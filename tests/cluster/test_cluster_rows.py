@@ -85,6 +85,9 @@ def test_error_messages_by_kind():
     assert error_message(ValueError("bad shape")) == "invalid input: bad shape"
     assert error_message(RowInputError("missing mask")) == "missing mask"
     assert error_message(KeyError("k")).startswith("internal error: KeyError")
+    # divergence is told by recon.errors.DivergenceError itself, no longer by a class's name
+    named_alike = type("DivergenceError", (RuntimeError,), {})
+    assert error_message(named_alike("nan")) == "internal error: DivergenceError: nan"
 
 
 @pytest.fixture
@@ -177,3 +180,48 @@ def test_restore_types_refuses_arrays_of_the_wrong_shape():
     table = table.set_column(table.schema.get_field_index("canonical_depth"), table.schema.field("canonical_depth"), bad)
     with pytest.raises(ResultsError, match=r"column canonical_depth: a row's axis 0 has length 15, the metadata says \(16, 16\)"):
         restore_types(table)
+
+
+def test_one_exception_tree_under_recon_error_with_the_builtin_bases_kept():
+    """Every error raised on purpose is a ReconError; each keeps the builtin base code catches it by."""
+    import importlib
+
+    from recon.errors import ReconError
+
+    expected = {
+        "recon.errors": {"ConfigError": ValueError, "MaskRequiredError": ValueError, "InputError": ValueError,
+                         "DivergenceError": RuntimeError},
+        "recon.io.storage": {"StorageError": OSError},
+        "recon.io.retry": {"StorageUnavailable": RuntimeError},
+        "recon.models.bundle": {"BundleError": ValueError},
+        "recon.models.lpips": {"LPIPSWeightsError": ValueError},
+        "recon.stylegan2.checkpoint": {"CheckpointError": ValueError},
+        "recon.synthetic.demo_weights": {"DemoWeightsError": ValueError},
+        "recon.renderer.neural_renderer_backend": {"NeuralRendererUnavailable": RuntimeError},
+        "cluster.config": {"SetupError": Exception},
+        "cluster.inputs": {"InputSetError": Exception},
+        "cluster.compaction": {"DamagedOutputError": Exception},
+        "cluster.decode": {"RowInputError": ValueError},
+        "cluster.output_schema": {"ResultError": ValueError},
+        "cluster.results": {"ResultsError": ValueError},
+        "cluster.report": {"ReportError": ValueError},
+        "cluster.worker": {"WorkerSetupError": RuntimeError, "JobStoppingError": RuntimeError,
+                           "OutputClaimedError": RuntimeError},
+    }
+    for module, classes in expected.items():
+        mod = importlib.import_module(module)
+        for name, builtin in classes.items():
+            cls = getattr(mod, name)
+            assert issubclass(cls, ReconError) and issubclass(cls, builtin), (module, name)
+            assert not issubclass(cls, SystemExit), (module, name)
+    from cluster.compaction import DamagedOutputError
+    from cluster.config import SetupError
+    from cluster.inputs import InputSetError
+    from cluster.stopping import JobStopped
+    from recon.method.config import ConfigError as reexported
+    from recon.errors import ConfigError, InputError
+
+    assert issubclass(InputSetError, SetupError) and issubclass(DamagedOutputError, SetupError)
+    assert not issubclass(InputSetError, InputError)  # the job's input set, not one instance's input
+    assert reexported is ConfigError
+    assert not issubclass(JobStopped, Exception)  # a stop signal travels past `except Exception`

@@ -8,7 +8,7 @@ from cluster.config import Columns
 from cluster.identity import row_seed
 from cluster.store import OutputStore
 from cluster.worker import ReconstructionWorker, WorkerSettings
-from cluster_doubles import DIVERGE
+from cluster_doubles import DIVERGE, PipelineTestDouble
 from cluster_helpers import DOUBLE, count_logs, good_rows, latent, png, write_bundle
 
 
@@ -19,7 +19,8 @@ def make_worker(tmp_path):
     def make(**kw):
         settings = WorkerSettings(
             reconstructor=DOUBLE, bundle=bundle, preset="celeba", device="cpu",
-            overrides={"log_dir": str(tmp_path / "logs")}, storage_options={},
+            method_settings=PipelineTestDouble.resolve_settings("celeba", {"log_dir": str(tmp_path / "logs")}),
+            storage_options={},
             output_url=str(tmp_path / "out"), columns=Columns(), input_protocol="file", run_seed=7,
             max_attempts=kw.pop("max_attempts", 3), run_fingerprint="fp", recon_version="0.1.0")
         return ReconstructionWorker(settings)
@@ -86,10 +87,12 @@ def test_seed_comes_from_run_seed_and_id(make_worker, tmp_path):
 def test_a_latent_of_absurd_magnitude_becomes_an_error_row_from_the_methods_check(tmp_path):
     """The worker keeps no bound of its own: the real method's validate refuses 1e30 and the row says why."""
     from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, write_tiny_bundle
+    from recon import Reconstructor
 
     settings = WorkerSettings(
         reconstructor="recon:Reconstructor", bundle=str(write_tiny_bundle(tmp_path / "bundle")), preset="synface",
-        device="cpu", overrides={**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}, storage_options={},
+        device="cpu", method_settings=Reconstructor.resolve_settings(
+            "synface", {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}), storage_options={},
         output_url=str(tmp_path / "out"), columns=Columns(), input_protocol="file", run_seed=7,
         max_attempts=3, run_fingerprint="fp", recon_version="0.1.0")
     w = ReconstructionWorker(settings)
@@ -97,3 +100,49 @@ def test_a_latent_of_absurd_magnitude_becomes_an_error_row_from_the_methods_chec
     assert status["status"] == "error" and status["attempts"] == 1
     assert status["error"].startswith("invalid input: latent value 1e+30 (index 0) lies")
     assert "spreads from the GAN's mean W" in status["error"]
+
+
+def test_the_actor_runs_the_resolved_settings_and_reads_no_preset(tmp_path, monkeypatch):
+    """The driver resolves --preset/--set once; the actor builds the method from those values alone."""
+    import json
+
+    import recon.method.config
+    import recon.method.reconstructor
+    from bundles import TINY_SCHEDULE, write_tiny_bundle
+    from recon import Reconstructor
+    from recon.api import missing_members
+
+    resolved = Reconstructor.resolve_settings(
+        "synface", {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None, "invert_warn_distance": 0.7})
+    empty = tmp_path / "no_presets"
+    empty.mkdir()
+    monkeypatch.setattr(recon.method.config, "PRESET_DIR", empty)  # no preset file could be found now
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an actor must not resolve a preset")
+
+    monkeypatch.setattr(recon.method.config, "load_config", refuse)
+    monkeypatch.setattr(recon.method.reconstructor, "load_config", refuse)
+    settings = WorkerSettings(
+        reconstructor="recon:Reconstructor", bundle=str(write_tiny_bundle(tmp_path / "bundle")), preset="synface",
+        device="cpu", method_settings=resolved, storage_options={}, output_url=str(tmp_path / "out"),
+        columns=Columns(), input_protocol="file", run_seed=7, max_attempts=3, run_fingerprint="fp",
+        recon_version="0.1.0")
+    w = ReconstructionWorker(settings)
+    assert w.rec.config.to_dict() == resolved and w.rec.invert_warn_distance == 0.7
+    assert json.loads(dict(w.ctx.file_metadata)["recon.method_settings"]) == resolved
+    assert w.ctx.preset == "synface" and missing_members(w.rec) == []
+
+
+def test_a_class_that_is_no_reconstructor_is_refused_naming_what_it_lacks():
+    from cluster.worker import WorkerSetupError, load_reconstructor_class
+    from recon import Reconstructor
+    from recon.api import CLASS_MEMBERS, missing_members
+
+    assert set(CLASS_MEMBERS) >= {"resolve_settings", "check_settings", "from_settings", "reconstruct",
+                                  "reconstruct_many", "invert"}
+    assert missing_members(Reconstructor) == [] and missing_members(PipelineTestDouble) == []
+    assert load_reconstructor_class(DOUBLE) is PipelineTestDouble
+    with pytest.raises(WorkerSetupError, match="does not implement recon.api.ReconstructorProtocol: it lacks "
+                                               "resolve_settings, check_settings, from_settings, reconstruct"):
+        load_reconstructor_class("cluster.config:Columns")

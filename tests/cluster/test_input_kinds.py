@@ -10,7 +10,7 @@ import torch
 from cluster.config import Columns, JobConfig, SetupError
 from cluster.fingerprint import compute_fingerprint
 from cluster.image_folder import index_masks, read_latents
-from cluster.inputs import InputError, attach_companions, check_columns, derive_ids, resolve_input, scan_ids
+from cluster.inputs import InputSetError, attach_companions, check_columns, derive_ids, resolve_input, scan_ids
 from cluster_helpers import good_rows, png, write_dataset
 
 
@@ -62,7 +62,7 @@ def test_masks_are_matched_by_relative_path_whatever_their_extension(tmp_path):
 
 def test_latents_and_masks_are_refused_for_parquet_inputs(tmp_path):
     write_dataset(str(tmp_path / "in"), good_rows(1))
-    with pytest.raises(InputError, match="--latents and --masks go with a folder of image files"):
+    with pytest.raises(InputSetError, match="--latents and --masks go with a folder of image files"):
         attach_companions(resolve_input(str(tmp_path / "in")), Columns(), str(tmp_path / "l.npz"), None)
 
 
@@ -79,23 +79,24 @@ def test_id_from_a_column_or_an_image_struct_path(tmp_path):
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"image": images, "label": [0, 0]}), tmp_path / "in" / "t.parquet")
     inputs = resolve_input(str(tmp_path / "in"))
-    with pytest.raises(InputError, match=r"lacks --id-column 'image_id'.*pass --id-from COLUMN"):
+    with pytest.raises(InputSetError, match=r"lacks --id-column 'image_id'.*pass --id-from COLUMN"):
         check_columns(inputs, Columns())
     check_columns(inputs, Columns(), id_from="image")
     assert scan_ids(inputs, "image_id", id_from="image")[0].ids == ["/d/1.png", "/d/2.png"]
-    with pytest.raises(InputError, match="duplicate values"):  # the same label twice is no id
+    with pytest.raises(InputSetError, match="duplicate values"):  # the same label twice is no id
         scan_ids(inputs, "image_id", id_from="label")
     assert scan_ids(inputs, "image_id", id_from="row-index")[0].ids == ["t.parquet:0", "t.parquet:1"]
     write_dataset(str(tmp_path / "with_ids"), good_rows(1))
-    with pytest.raises(InputError, match="--id-from is for inputs without one"):
+    with pytest.raises(InputSetError, match="--id-from is for inputs without one"):
         check_columns(resolve_input(str(tmp_path / "with_ids")), Columns(), id_from="image")
 
 
 def test_new_options_enter_the_fingerprint_only_when_set():
     base = JobConfig(input="i", output="o", bundle="b", preset="celeba")
-    plain = compute_fingerprint(base, bundle_bytes=b"x", recon_version="1")
+    plain = compute_fingerprint(base, method_settings={"lr": 1e-4}, bundle_bytes=b"x", recon_version="1")
     assert not {"crop", "id_from", "latents", "masks"} & set(plain.fields)  # old folders keep their fingerprint
     cropped = JobConfig(input="i", output="o", bundle="b", preset="celeba", crop="center")
-    assert compute_fingerprint(cropped, bundle_bytes=b"x", recon_version="1").digest != plain.digest
+    assert compute_fingerprint(cropped, method_settings={"lr": 1e-4}, bundle_bytes=b"x",
+                               recon_version="1").digest != plain.digest
     with pytest.raises(SetupError, match="--crop must be one of none, center"):
         JobConfig(input="i", output="o", bundle="b", preset="celeba", crop="middle").validate()

@@ -133,7 +133,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path):
     # one row committed by a real worker under this run's fingerprint: the dry run counts it as done
     pre = preflight(job_config(str(tmp_path / "in"), str(out), bundle, overrides={"fast": 0.5}))
     settings = WorkerSettings(
-        reconstructor=DOUBLE, bundle=bundle, preset="celeba", device="cpu", overrides={"fast": 0.5},
+        reconstructor=DOUBLE, bundle=bundle, preset="celeba", device="cpu", method_settings=pre.method_settings,
         storage_options={}, output_url=str(out), columns=Columns(), input_protocol="file", run_seed=0,
         max_attempts=3, run_fingerprint=pre.fingerprint, recon_version=pre.recon_version)
     schema = pa.schema([("image_id", pa.string()), ("image", pa.binary()), ("latent", pa.list_(pa.float32()))])

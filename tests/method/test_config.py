@@ -148,3 +148,54 @@ def test_valid_command_line_spellings_still_work():
         ["lr=1e-4", "use_mask=true", "flip1=[false, true]", "stage_len.step1=100", "crop=null", "fast=0.05"]))
     assert (cfg.lr, cfg.use_mask, cfg.flip1, cfg.stage_len["step1"], cfg.crop, cfg.fast) == \
         (1e-4, True, [False, True], 100, None, 0.05)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"min_depth": None}, "min_depth cannot be null"),           # float: not optional
+    ({"flip1": [1, 0, 0, 0]}, "flip1 must be a list of true/false"),  # list[bool]
+    ({"rand_light": ["a"] * 7}, "rand_light must be a list of numbers"),  # list[float]
+    ({"stage_len": {"step1": "many"}}, "stage_len must map names to integers"),  # dict[str, int]
+    ({"invert_tol": True}, "invert_tol must be a number"),      # a bool is no number
+])
+def test_values_are_checked_against_the_field_annotations(overrides, message):
+    """Coercion follows each field's type (recon.method.config.FIELD_TYPES), not a list of key names."""
+    with pytest.raises(ConfigError, match=message):
+        load_config("celeba", overrides)
+
+
+def test_optional_fields_take_null_and_the_others_keep_their_type():
+    from recon.method.config import FIELD_TYPES
+
+    assert FIELD_TYPES["crop"] == int | None and FIELD_TYPES["border_depth"] == float | None
+    cfg = load_config("cat", {"crop": None, "border_depth": "null", "relative_enc": "false", "lr": 1})
+    assert cfg.crop is None and cfg.border_depth is None and cfg.relative_enc is False
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+
+
+def test_defaults_live_in_the_dataclass_alone():
+    """No defaults file beside the presets: a preset lists only what differs from the field defaults."""
+    from recon.method.config import PRESET_DIR, GAN2ShapeConfig
+
+    assert not list(PRESET_DIR.glob("_*"))
+    import yaml
+
+    custom = load_config("celeba").to_dict()
+    defaults = GAN2ShapeConfig().to_dict()
+    # keys the celeba file does not name come from the field defaults
+    named = set(yaml.safe_load((PRESET_DIR / "celeba.yaml").read_text()))
+    assert {k: custom[k] for k in defaults if k not in named and k != "name"} == \
+        {k: defaults[k] for k in defaults if k not in named and k != "name"}
+    assert custom["name"] == "celeba"
+
+
+def test_resolved_settings_round_trip_and_must_be_complete():
+    from recon.method.config import GAN2ShapeConfig
+
+    cfg = load_config("synface", {"fast": 0.1})
+    assert GAN2ShapeConfig.from_dict(cfg.to_dict()) == cfg
+    partial = cfg.to_dict()
+    del partial["lr"]
+    with pytest.raises(ConfigError, match=r"lack the keys \['lr'\]"):
+        GAN2ShapeConfig.from_dict(partial)
+    with pytest.raises(ConfigError, match="batchsize must be an integer"):
+        GAN2ShapeConfig.from_dict({**cfg.to_dict(), "batchsize": "x"})
