@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from recon.retry import RetryPolicy, StorageUnavailable, call_with_retry
-from recon.storage import join_uri
+from recon.storage import is_absolute, resolve_url
 
 from .fsutil import location
 
@@ -58,11 +58,9 @@ def resolve_relative(path: str, base_file_url: str | None) -> str:
     ``datasets`` library writes them next to the data). Whether the result may
     be read is :func:`check_contained`'s decision.
     """
-    if "://" in path or path.startswith("/"):
-        return path
-    if not base_file_url:
+    if not base_file_url and not is_absolute(path):
         raise RowInputError(f"image path {path!r} is relative but the row's input file is unknown")
-    return join_uri(base_file_url, path)
+    return resolve_url(base_file_url or "", path)
 
 
 def _inside(url: str, root: str) -> bool:

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from recon.retry import RetryPolicy, StorageUnavailable
+from recon.storage import join_url
 
 from .config import Columns
 from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
@@ -305,7 +306,8 @@ class ReconstructionWorker:
         if not path:
             return None
         proto = self.s.input_protocol
-        return path if proto in ("file", "local") or "://" in path else f"{proto}://{path}"
+        # Ray Data's "path" column holds the filesystem's path, without the scheme
+        return path if proto in ("file", "local") or "://" in path else join_url(f"{proto}://", path)
 
     def _instance(self, image_id: str, row: dict[str, Any]) -> dict[str, Any]:
         """Decode one row into the keyword arguments of ``reconstruct``."""
