@@ -25,7 +25,7 @@ from .fsutil import location
 log = logging.getLogger(__name__)
 
 __all__ = ["PathPolicy", "RowInputError", "check_contained", "crop_to_square", "decode_image", "decode_mask",
-           "decode_latent", "resolve_relative"]
+           "resolve_relative"]
 
 
 class RowInputError(ValueError):
@@ -206,32 +206,3 @@ def crop_to_square(arr: np.ndarray) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     return arr[top:top + side, left:left + side]
-
-
-def _has_none(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(v is None or _has_none(v) for v in value)
-    return False
-
-
-def decode_latent(value: Any, expected_dim: int) -> np.ndarray:
-    """A W latent (list of floats, or a [1, D] nested list) -> float32 (D,)."""
-    if value is None:
-        raise RowInputError("missing latent")
-    if _has_none(value):  # numpy would turn nulls into NaN and hide what happened
-        raise RowInputError("latent contains null values")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise RowInputError(f"latent is not a list of numbers (null entries or ragged lists): {exc}") from exc
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 1:
-        raise RowInputError(f"latent has shape {arr.shape}; expected a flat list of {expected_dim} floats "
-                            "(W+ latents are not supported)")
-    if arr.size != expected_dim:
-        raise RowInputError(f"latent has {arr.size} values, expected {expected_dim}")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise RowInputError(f"latent contains {bad} NaN or infinite values")
-    return arr.astype(np.float32)

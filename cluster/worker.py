@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from recon.checks import check_w_latent
 from recon.retry import RetryPolicy, StorageUnavailable
 from recon.storage import join_url
 
 from .config import Columns
-from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
+from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
 from .schema import (ResultError, RowContext, camera_metadata, error_table, latent_table, result_table,
@@ -317,7 +318,8 @@ class ReconstructionWorker:
         image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options,
                              paths=paths)
         raw = row.get(cols.latent)
-        latent = None if _latent_missing(raw) else decode_latent(raw, self.latent_dim)
+        # Passed on as Arrow gave it (a list): the method's validate is the one place that checks it.
+        latent = None if _latent_missing(raw) else raw
         mask = None
         if cols.mask:
             mask = decode_mask(row.get(cols.mask), image_shape=image.shape[:2], base_file_url=base,
@@ -404,6 +406,8 @@ class ReconstructionWorker:
                 extra = self._invert(inst) if inst["latent"] is None else {"latent_source": "input"}
                 if self.s.invert == "only":
                     if extra["latent_source"] == "input":
+                        # The method never sees this row, so its W-code rule is applied here (the same function).
+                        check_w_latent(inst["latent"], self.latent_dim)
                         extra["inverted_latent"] = None
                     table = latent_table(image_id, self.ctx, attempts=attempts, seconds=time.monotonic() - t0,
                                          extra=extra)

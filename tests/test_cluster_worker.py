@@ -21,7 +21,8 @@ def make_worker(tmp_path):
             reconstructor=DOUBLE, bundle=bundle, preset="celeba", device="cpu",
             overrides={"log_dir": str(tmp_path / "logs")}, storage_options={},
             output_url=str(tmp_path / "out"), columns=Columns(), input_protocol="file", run_seed=7,
-            max_attempts=kw.pop("max_attempts", 3), run_fingerprint="fp", recon_version="0.1.0")
+            max_attempts=kw.pop("max_attempts", 3), run_fingerprint="fp", recon_version="0.1.0",
+            invert=kw.pop("invert", "auto"))
         return ReconstructionWorker(settings)
 
     return make
@@ -72,6 +73,28 @@ def test_batch_runs_together_then_one_by_one_after_a_crash(make_worker, tmp_path
     out = w(batch(more)).to_pylist()
     assert [s["image_id"] for s in out] == ["next-001", "next-000"]
     assert [s["attempts"] for s in out] == [1, 3]
+
+
+def test_bad_latents_reach_the_method_and_come_back_as_clear_error_rows(make_worker, tmp_path):
+    """The worker checks no latent itself; nulls inside the Arrow list are named, not read as NaN."""
+    w = make_worker()
+    rows = [{"image_id": "nulls", "image": png(1), "latent": [1.0, None] + [0.0] * 6},
+            {"image_id": "short", "image": png(2), "latent": [0.5] * 5},
+            {"image_id": "good", "image": png(3), "latent": latent(3)}]
+    out = {s["image_id"]: s for s in w(batch(rows)).to_pylist()}  # together, through reconstruct_many
+    assert out["nulls"]["error"] == "invalid input: latent contains null values"
+    assert out["short"]["error"] == "invalid input: latent has 5 values, expected 8"
+    assert out["good"]["status"] == "ok" and count_logs(tmp_path / "logs", "call") == 1
+
+
+def test_invert_only_still_refuses_a_bad_input_latent(make_worker, tmp_path):
+    """--invert only never calls the method on a row that has a latent: the same rule is applied there."""
+    w = make_worker(invert="only")
+    out = {s["image_id"]: s for s in w(batch([
+        {"image_id": "short", "image": png(2), "latent": [0.5] * 5},
+        {"image_id": "good", "image": png(3), "latent": latent(3)}])).to_pylist()}
+    assert (out["short"]["status"], out["short"]["error"]) == ("error", "invalid input: latent has 5 values, expected 8")
+    assert out["good"]["status"] == "ok" and count_logs(tmp_path / "logs", "call") == 0
 
 
 def test_seed_comes_from_run_seed_and_id(make_worker, tmp_path):

@@ -104,7 +104,7 @@ def test_optimisation_changes_the_prior_depth(bundle):
 
 
 @pytest.mark.parametrize("latent, message", [
-    (np.zeros(TINY_STYLE_DIM + 1, np.float32), "latent must be a W code of 32 values"),
+    (np.zeros(TINY_STYLE_DIM + 1, np.float32), "latent has 33 values, expected 32"),
     (np.zeros((12, TINY_STYLE_DIM), np.float32), "not W\\+"),
     (np.full(TINY_STYLE_DIM, np.nan, np.float32), "NaN"),
 ])
