@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from recon.models.lpips import LPIPS, write_random_lpips_weights
 from recon.method.networks import build_networks
+from recon.models.lpips import LPIPS, write_random_lpips_weights
 
 
 def _sync(device: torch.device) -> None:

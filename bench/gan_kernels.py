@@ -34,12 +34,13 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from recon.models.bundle import load_bundle  # noqa: E402
-from recon.method.losses import discriminator_feature_loss, masked_l1  # noqa: E402
-from recon.io.storage import cache_dir  # noqa: E402
-from recon.stylegan2 import load_stylegan2  # noqa: E402
 from report_path import report_path  # noqa: E402
 from step_throughput import reference_architecture_bundle  # noqa: E402
+
+from recon.io.storage import cache_dir  # noqa: E402
+from recon.method.losses import discriminator_feature_loss, masked_l1  # noqa: E402
+from recon.models.bundle import load_bundle  # noqa: E402
+from recon.stylegan2 import load_stylegan2  # noqa: E402
 
 VARIANTS = {
     "grouped fp32 (reference)": dict(modconv="grouped", bf16=False, channels_last=False, compile=False),

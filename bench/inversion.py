@@ -23,12 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from report_path import report_path  # noqa: E402
+
 from recon import Reconstructor  # noqa: E402
-from recon.method.config import parse_assignments  # noqa: E402
 from recon.io.storage import cache_dir  # noqa: E402
+from recon.method.config import parse_assignments  # noqa: E402
 from recon.synthetic.bundle import build_synthetic_bundle  # noqa: E402
 from recon.synthetic.dataset import sample_instances  # noqa: E402
-from report_path import report_path  # noqa: E402
 
 
 def main(argv=None) -> int:

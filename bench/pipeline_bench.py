@@ -41,8 +41,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cluster.config import DEFAULT_RECONSTRUCTOR, Columns, JobConfig, parse_key_values  # noqa: E402
-from cluster.metrics import JobMetrics  # noqa: E402
 from cluster.driver import run_job  # noqa: E402
+from cluster.metrics import JobMetrics  # noqa: E402
 from cluster.worker import load_reconstructor_class  # noqa: E402
 
 
@@ -97,7 +97,7 @@ def synthetic_rows(n: int, latent_dim: int, size: int, seed: int) -> list[dict]:
 
 
 def direct(cls, args, overrides, rows) -> dict:
-    from cluster.decode import decode_image, decode_latent
+    from cluster.decode import decode_image
     from cluster.identity import row_seed
 
     t0 = time.monotonic()
@@ -105,8 +105,8 @@ def direct(cls, args, overrides, rows) -> dict:
     t_init = time.monotonic() - t0
     t1 = time.monotonic()
     for r in rows:
-        rec.reconstruct(decode_image(r["image"]), decode_latent(r["latent"], rec.latent_dim),
-                        seed=row_seed(args.seed, r["image_id"]))
+        # the row's latent list as the worker passes it: the method's validate checks it
+        rec.reconstruct(decode_image(r["image"]), r["latent"], seed=row_seed(args.seed, r["image_id"]))
     t_rows = time.monotonic() - t1
     return {"construct_s": t_init, "rows_s": t_rows, "per_min": len(rows) / t_rows * 60}
 

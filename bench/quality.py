@@ -35,16 +35,22 @@ import time
 from pathlib import Path
 
 import torch
+from report_path import report_path  # noqa: E402
 
 from recon import Reconstructor
-from recon.method.config import parse_assignments
 from recon.io.storage import cache_dir
+from recon.method.config import parse_assignments
 from recon.synthetic.bundle import build_synthetic_bundle
 from recon.synthetic.dataset import sample_instances
-from recon.synthetic.evaluate import (score_canonical_at_true_view, score_constant, score_prior,
-                                     score_prior_frontal, score_result, score_truth_frontal)
+from recon.synthetic.evaluate import (
+    score_canonical_at_true_view,
+    score_constant,
+    score_prior,
+    score_prior_frontal,
+    score_result,
+    score_truth_frontal,
+)
 from recon.synthetic.pretrained import pretrained_synthetic_bundle
-from report_path import report_path  # noqa: E402
 
 #: The reduced CPU schedule: 5% of every iteration count (prior 50, steps 25/25/10, collect 5).
 REDUCED_FAST = 0.05

@@ -48,13 +48,14 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from recon import Reconstructor  # noqa: E402
-from recon.models.bundle import write_bundle  # noqa: E402
-from recon.method.config import load_config, parse_assignments  # noqa: E402
-from recon.io.storage import cache_dir  # noqa: E402
-from recon.stylegan2 import Discriminator, Generator, StyleGAN2, StyleGAN2Config, save_stylegan2  # noqa: E402
-from throughput import device_peak, flops_per_instance, matching_peak  # noqa: E402
 from report_path import report_path  # noqa: E402
+from throughput import device_peak, flops_per_instance, matching_peak  # noqa: E402
+
+from recon import Reconstructor  # noqa: E402
+from recon.io.storage import cache_dir  # noqa: E402
+from recon.method.config import load_config, parse_assignments  # noqa: E402
+from recon.models.bundle import write_bundle  # noqa: E402
+from recon.stylegan2 import Discriminator, Generator, StyleGAN2, StyleGAN2Config, save_stylegan2  # noqa: E402
 
 #: The StyleGAN2 each preset's checkpoint holds (the reference checkpoints' configs; README "The model bundle"): size, channel multiplier.
 REFERENCE_GANS = {"celeba": (128, 1), "celeba_pretrain": (128, 1), "synface": (128, 1), "cat": (256, 1),

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from recon.io.retry import StorageUnavailable
+from recon.io.storage import join_url
 
 from .config import SetupError
 from .filesystems import is_local_fs
@@ -139,7 +140,7 @@ def _damaged_shard_message(store: OutputStore, path: str, exc: BaseException) ->
     # staged item was not yet deleted is compacted from it instead of being redone).
     what = f"its {rows} rows (per _manifest.json)" if rows is not None else "its rows"
     return (f"shard {store.url_of(path)} is damaged and cannot be read ({_why(exc)}); move it aside "
-            f"(e.g. into {store.url}/{DAMAGED_DIR}/) and re-run the same command: {what} will be redone")
+            f"(e.g. into {join_url(store.url, DAMAGED_DIR)}/) and re-run the same command: {what} will be redone")
 
 
 def _manifest_rows(store: OutputStore, shard_name: str) -> int | None:
@@ -155,7 +156,7 @@ def _damaged_items_message(store: OutputStore, damaged: list[tuple[str, BaseExce
     path, exc = damaged[0]
     more = f" (and {len(damaged) - 1} more staged row(s) like it)" if len(damaged) > 1 else ""
     return (f"staged row {store.url_of(path)} is damaged and cannot be read ({_why(exc)}){more}; move it aside "
-            f"(e.g. into {store.url}/{DAMAGED_DIR}/) or delete it and re-run the same command: "
+            f"(e.g. into {join_url(store.url, DAMAGED_DIR)}/) or delete it and re-run the same command: "
             f"{'that row' if len(damaged) == 1 else f'those {len(damaged)} rows'} will be redone")
 
 

@@ -7,9 +7,10 @@ from typing import Any
 
 from fsspec.utils import glob_translate
 
-from recon.method.config import ConfigError, parse_assignments, parse_value
 from recon.errors import ReconError
 from recon.io.retry import RetryPolicy
+from recon.io.storage import join_url
+from recon.method.config import ConfigError, parse_assignments, parse_value
 
 from .filesystems import location
 
@@ -141,7 +142,8 @@ class JobConfig:
         if out != base and not out.startswith(base.rstrip("/") + "/"):
             return
         pattern = re.compile(glob_translate(inp))
-        written = [f"{out}/part-00000.parquet", f"{out}/_staging/items/00/x.00.parquet", f"{out}/_manifest.json"]
+        written = [join_url(out, "part-00000.parquet"), join_url(out, "_staging", "items", "00", "x.00.parquet"),
+                   join_url(out, "_manifest.json")]
         hit = next((f for f in written if pattern.match(f)), None)
         if hit:
             raise SetupError(f"--output {self.output} must not be inside --input {self.input}: the input glob "

@@ -19,14 +19,14 @@ from PIL import Image, ImageOps
 
 from recon.errors import ReconError
 from recon.io.retry import RetryPolicy, StorageUnavailable, call_with_retry
-from recon.io.storage import join_uri
+from recon.io.storage import is_absolute, resolve_url
 
 from .filesystems import location
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PathPolicy", "RowInputError", "check_contained", "crop_to_square", "decode_image", "decode_mask",
-           "decode_latent", "resolve_relative"]
+           "resolve_relative"]
 
 
 class RowInputError(ReconError, ValueError):
@@ -59,11 +59,9 @@ def resolve_relative(path: str, base_file_url: str | None) -> str:
     ``datasets`` library writes them next to the data). Whether the result may
     be read is :func:`check_contained`'s decision.
     """
-    if "://" in path or path.startswith("/"):
-        return path
-    if not base_file_url:
+    if not base_file_url and not is_absolute(path):
         raise RowInputError(f"image path {path!r} is relative but the row's input file is unknown")
-    return join_uri(base_file_url, path)
+    return resolve_url(base_file_url or "", path)
 
 
 def _inside(url: str, root: str) -> bool:
@@ -209,32 +207,3 @@ def crop_to_square(arr: np.ndarray) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     return arr[top:top + side, left:left + side]
-
-
-def _has_none(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(v is None or _has_none(v) for v in value)
-    return False
-
-
-def decode_latent(value: Any, expected_dim: int) -> np.ndarray:
-    """A W latent (list of floats, or a [1, D] nested list) -> float32 (D,)."""
-    if value is None:
-        raise RowInputError("missing latent")
-    if _has_none(value):  # numpy would turn nulls into NaN and hide what happened
-        raise RowInputError("latent contains null values")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise RowInputError(f"latent is not a list of numbers (null entries or ragged lists): {exc}") from exc
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 1:
-        raise RowInputError(f"latent has shape {arr.shape}; expected a flat list of {expected_dim} floats "
-                            "(W+ latents are not supported)")
-    if arr.size != expected_dim:
-        raise RowInputError(f"latent has {arr.size} values, expected {expected_dim}")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise RowInputError(f"latent contains {bad} NaN or infinite values")
-    return arr.astype(np.float32)

@@ -54,8 +54,8 @@ def write_demo_dataset(folder: Path, bundle: Path, n: int = DEMO_ROWS) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recon.models.gan import load_gan
     from recon.models.bundle import load_bundle
+    from recon.models.gan import load_gan
     from recon.synthetic.dataset import sample_instances
 
     path = folder / "part-0.parquet"
@@ -160,18 +160,19 @@ def _labelled(sheet, cell: int, labels: tuple[str, ...]):
 
 def contact_sheet(results_dir: Path, bundle: Path, out: Path, cfg=None) -> tuple[Path, list[dict]]:
     """Sheet of the committed rows, and their scores (:func:`score_rows`) against the synthetic ground truth."""
-    from .results import read_results
     import torch
     import torch.nn.functional as F
     from PIL import Image
 
-    from recon.models.bundle import load_bundle
     from recon.method.config import load_config
+    from recon.models.bundle import load_bundle
     from recon.models.gan import load_gan
     from recon.renderer import DepthRenderer
     from recon.synthetic.dataset import sample_instances
     from recon.synthetic.demo_weights import DEMO_PRESET
     from recon.synthetic.metrics import ground_truth_depth
+
+    from .results import read_results
 
     cfg = cfg or load_config(DEMO_PRESET)
     # read_results restores the flat tensors this code reshapes (nested lists on disk, schema v4)

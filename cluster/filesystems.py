@@ -15,7 +15,6 @@ listing would make the planner redo rows that are already committed
 from __future__ import annotations
 
 import os
-import posixpath
 import uuid
 from typing import Any, Mapping
 
@@ -26,7 +25,6 @@ __all__ = [
     "create_exclusive",
     "filesystem_for",
     "is_local_fs",
-    "join",
     "list_files",
     "location",
     "read_bytes",
@@ -90,10 +88,6 @@ def is_local_fs(fs: AbstractFileSystem) -> bool:
 def to_url(fs: AbstractFileSystem, path: str) -> str:
     """The URL a user would type for ``path`` on ``fs`` (plain path when local)."""
     return path if is_local_fs(fs) else fs.unstrip_protocol(path)
-
-
-def join(base: str, *parts: str) -> str:
-    return posixpath.join(base, *parts)
 
 
 def read_bytes(fs: AbstractFileSystem, path: str) -> bytes:

@@ -19,9 +19,16 @@ import pyarrow.parquet as pq
 from .config import Columns, SetupError
 from .filesystems import filesystem_for, is_local_fs, to_url
 from .identity import id_to_str
+from .image_folder import (
+    IMAGE_EXTENSIONS,
+    ImageFolder,
+    glob_root,
+    index_masks,
+    is_image_file,
+    list_images,
+    read_latents,
+)
 from .row_index import ROW_INDEX, row_index_ids
-from .image_folder import IMAGE_EXTENSIONS, ImageFolder, glob_root, index_masks, is_image_file, list_images, \
-    read_latents
 
 __all__ = ["InputSetError", "InputSet", "ColumnKinds", "resolve_input", "check_columns", "scan_ids", "derive_ids"]
 

@@ -17,8 +17,8 @@ from recon.errors import ConfigError, MaskRequiredError
 
 from .compaction import OutputIndex, check_staged_items
 from .config import JobConfig, SetupError
-from .fingerprint import claim_output, compute_fingerprint
 from .filesystems import is_local_fs
+from .fingerprint import claim_output, compute_fingerprint
 from .inputs import ColumnKinds, InputSet, attach_companions, check_columns, resolve_input, scan_ids
 from .planner import Plan, make_plan
 from .store import OutputStore

@@ -24,18 +24,19 @@ import socket
 import uuid
 from typing import Any, Mapping
 
+from recon.io.retry import RetryPolicy, call_with_retry
+from recon.io.storage import join_url
+
 from .filesystems import (
     create_exclusive,
     filesystem_for,
     is_local_fs,
-    join,
     list_files,
     read_bytes,
     replace_atomic,
     to_url,
 )
 from .identity import item_key
-from recon.io.retry import RetryPolicy, call_with_retry
 
 __all__ = ["OutputStore", "SHARD_PREFIX"]
 
@@ -67,36 +68,36 @@ class OutputStore:
     # -- paths ---------------------------------------------------------------
     @property
     def manifest_path(self) -> str:
-        return join(self.root, "_manifest.json")
+        return join_url(self.root, "_manifest.json")
 
     @property
     def run_path(self) -> str:
-        return join(self.root, "_run.json")
+        return join_url(self.root, "_run.json")
 
     @property
     def items_dir(self) -> str:
-        return join(self.root, "_staging", "items")
+        return join_url(self.root, "_staging", "items")
 
     @property
     def attempts_dir(self) -> str:
-        return join(self.root, "_attempts")
+        return join_url(self.root, "_attempts")
 
     @property
     def tmp_dir(self) -> str | None:
-        return join(self.root, "_staging", "tmp") if is_local_fs(self.fs) else None
+        return join_url(self.root, "_staging", "tmp") if is_local_fs(self.fs) else None
 
     def item_path(self, image_id: str) -> str:
         key = item_key(image_id)
-        return join(self.items_dir, key[-2:], key + ITEM_SUFFIX)
+        return join_url(self.items_dir, key[-2:], key + ITEM_SUFFIX)
 
     def attempt_dir(self, image_id: str) -> str:
         return self.attempt_dir_for_key(item_key(image_id))
 
     def attempt_dir_for_key(self, key: str) -> str:
-        return join(self.attempts_dir, key)
+        return join_url(self.attempts_dir, key)
 
     def shard_path(self, index: int) -> str:
-        return join(self.root, f"{SHARD_PREFIX}{index:05d}{SHARD_SUFFIX}")
+        return join_url(self.root, f"{SHARD_PREFIX}{index:05d}{SHARD_SUFFIX}")
 
     def url_of(self, path: str) -> str:
         return to_url(self.fs, path)
@@ -139,7 +140,7 @@ class OutputStore:
         that stops at any moment knows every marker it may have to remove.
         """
         name = f"{uuid.uuid4().hex}-{socket.gethostname()}-{os.getpid()}"
-        return join(self.attempt_dir(image_id), name)
+        return join_url(self.attempt_dir(image_id), name)
 
     def record_attempt(self, image_id: str, marker: str | None = None) -> str:
         """Leave a marker saying an attempt on this row started (before any work); returns its path."""

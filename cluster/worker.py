@@ -36,14 +36,23 @@ import pyarrow as pa
 from recon.api import ReconstructorProtocol, missing_members
 from recon.errors import DivergenceError, ReconError
 from recon.io.retry import RetryPolicy, StorageUnavailable
+from recon.io.storage import join_url
+from recon.method.checks import check_w_latent
 
 from .config import Columns
-from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_latent, decode_mask
+from .decode import PathPolicy, RowInputError, crop_to_square, decode_image, decode_mask
 from .fingerprint import claim_holds
 from .identity import id_to_str, row_seed
-from .output_schema import (ResultError, RowContext, camera_metadata, error_table, latent_table, result_table,
-                     table_to_parquet_bytes)
 from .meshes import glb_from_arrays
+from .output_schema import (
+    ResultError,
+    RowContext,
+    camera_metadata,
+    error_table,
+    latent_table,
+    result_table,
+    table_to_parquet_bytes,
+)
 from .store import OutputStore
 
 __all__ = ["ReconstructionWorker", "WorkerSettings", "WorkerSetupError", "load_reconstructor_class",
@@ -302,7 +311,8 @@ class ReconstructionWorker:
         if not path:
             return None
         proto = self.s.input_protocol
-        return path if proto in ("file", "local") or "://" in path else f"{proto}://{path}"
+        # Ray Data's "path" column holds the filesystem's path, without the scheme
+        return path if proto in ("file", "local") or "://" in path else join_url(f"{proto}://", path)
 
     def _instance(self, image_id: str, row: dict[str, Any]) -> dict[str, Any]:
         """Decode one row into the keyword arguments of ``reconstruct``."""
@@ -312,7 +322,8 @@ class ReconstructionWorker:
         image = decode_image(row.get(cols.image), base_file_url=base, storage_options=self.s.storage_options,
                              paths=paths)
         raw = row.get(cols.latent)
-        latent = None if _latent_missing(raw) else decode_latent(raw, self.latent_dim)
+        # Passed on as Arrow gave it (a list): the method's validate is the one place that checks it.
+        latent = None if _latent_missing(raw) else raw
         mask = None
         if cols.mask:
             mask = decode_mask(row.get(cols.mask), image_shape=image.shape[:2], base_file_url=base,
@@ -399,6 +410,8 @@ class ReconstructionWorker:
                 extra = self._invert(inst) if inst["latent"] is None else {"latent_source": "input"}
                 if self.s.invert == "only":
                     if extra["latent_source"] == "input":
+                        # The method never sees this row, so its W-code rule is applied here (the same function).
+                        check_w_latent(inst["latent"], self.latent_dim)
                         extra["inverted_latent"] = None
                     table = latent_table(image_id, self.ctx, attempts=attempts, seconds=time.monotonic() - t0,
                                          extra=extra)

@@ -22,8 +22,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # type names only: importing them would load torch
-    from .export import CameraIntrinsics
     from recon.method.result import ReconstructionResult
+
+    from .export import CameraIntrinsics
 
 __all__ = ["Inversion", "ReconstructorProtocol", "CLASS_MEMBERS", "INSTANCE_MEMBERS", "missing_members"]
 

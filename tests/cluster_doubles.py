@@ -9,7 +9,8 @@ tested end to end on a CPU in seconds:
 * depth from brightness (brighter pixel = farther, in [0.9, 1.1]), albedo = the
   resized image, normals from depth gradients, light/view from image
   statistics and the latent;
-* ``ValueError`` for a wrong latent length, NaN latents or a bad image array;
+* ``ValueError`` for a bad image array, and ``recon.errors.InputError`` (a ValueError) from the method's
+  own W-code rule (``recon.method.checks.check_w_latent``: wrong length, NaN, W+, nulls);
 * fault injection chosen by the first latent value (the method never sees the
   row id, so markers travel in the data):
 
@@ -44,8 +45,9 @@ from PIL import Image
 
 from recon.errors import ConfigError, DivergenceError, InputError
 from recon.export import CameraIntrinsics
-from recon.method.result import ReconstructionResult
 from recon.io.storage import fetch
+from recon.method.checks import check_w_latent
+from recon.method.result import ReconstructionResult
 
 DIVERGE = 999.0
 KILL_ONCE = -555.0
@@ -112,15 +114,12 @@ class PipelineTestDouble:
     def invert(self, images: list, seed: int = 0):
         raise InputError("the test double cannot invert images (can_invert is False)")
 
-    def _check(self, image: np.ndarray, latent: np.ndarray) -> None:
+    def _check(self, image: np.ndarray, latent: object) -> np.ndarray:
+        """The checked latent; the W-code rule is the method's own function, as the real validate uses it."""
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                 and image.shape[2] == 3):
             raise ValueError("image must be a uint8 (H, W, 3) array")
-        latent = np.asarray(latent)
-        if latent.shape != (self.latent_dim,):
-            raise ValueError(f"latent must have shape ({self.latent_dim},), got {latent.shape}")
-        if not np.all(np.isfinite(latent)):
-            raise ValueError("latent contains NaN or inf")
+        return check_w_latent(latent, self.latent_dim)
 
     def _faults(self, latent: np.ndarray) -> None:
         marker = float(latent[0])
@@ -140,12 +139,12 @@ class PipelineTestDouble:
             os.close(fd)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def reconstruct(self, image: np.ndarray, latent: np.ndarray, mask: np.ndarray | None = None,
+    def reconstruct(self, image: np.ndarray, latent: object, mask: np.ndarray | None = None,
                     seed: int = 0) -> ReconstructionResult:
         t0 = time.monotonic()
-        self._check(image, latent)
+        latent = self._check(image, latent)
         _log(self.log_dir, "call", {"pid": os.getpid(), "latent0": float(latent[0]), "seed": int(seed)})
-        self._faults(np.asarray(latent, dtype=np.float32))
+        self._faults(latent)
         if self.sleep_s:
             time.sleep(self.sleep_s)
         n = self.image_size

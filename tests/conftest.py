@@ -38,6 +38,7 @@ def bundle(tmp_path_factory) -> str:
 def rec(bundle):
     """A synface Reconstructor on the tiny bundle with the tiny schedule (bundles.FAST), one per module."""
     from bundles import FAST
+
     from recon import Reconstructor
 
     return Reconstructor(bundle, "synface", overrides=FAST)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from recon.renderer import DepthRenderer, lambertian_diffuse
 from recon.method.result import ReconstructionResult
+from recon.renderer import DepthRenderer, lambertian_diffuse
 
 RELIGHT_DIRECTIONS = ((-1.5, 0.0), (-0.7, 0.0), (0.0, 0.0), (0.7, 0.0), (1.5, 0.0), (0.0, 0.6), (0.0, -0.6))
 

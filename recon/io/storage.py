@@ -19,9 +19,10 @@ from typing import Any, Mapping
 import fsspec
 
 from recon.errors import ReconError
+
 from .retry import call_with_retry
 
-__all__ = ["StorageError", "cache_dir", "fetch", "is_local", "join_uri"]
+__all__ = ["StorageError", "cache_dir", "fetch", "is_absolute", "is_local", "join_url", "resolve_url"]
 
 CACHE_ENV = "RECON_CACHE_DIR"
 
@@ -42,22 +43,40 @@ def is_local(uri: str) -> bool:
     return protocol in ("file", "local")
 
 
-def join_uri(base: str, relative: str) -> str:
-    """Resolve ``relative`` against the folder holding ``base`` (a URL or a path), normalised.
+def is_absolute(url: str) -> bool:
+    """True for a URL with a scheme or an absolute local path: nothing to resolve it against."""
+    return "://" in url or os.path.isabs(url)
 
-    The one URL joiner of the project: bundle manifests and image paths inside input rows both
-    resolve through it.
 
-    Absolute paths and URLs with a scheme are returned unchanged, so a bundle
-    manifest may mix files next to it with files elsewhere.
+def join_url(base: str, *parts: str) -> str:
+    """``base`` (a folder URL or path) with ``parts`` appended below it, normalised.
+
+    The one URL joiner of the project: output-folder layouts (``s3://b/out`` + ``part-00001.parquet``)
+    and paths resolved by :func:`resolve_url` all go through it. Joining is lexical on the part after
+    the scheme (storage is not touched, local paths are not made absolute), and ``.``/``..`` segments
+    and doubled slashes are folded, so ``a/../b`` names ``b`` as a person means it and a containment
+    check (``cluster.decode.check_contained``) sees where the result really points.
     """
-    if "://" in relative or os.path.isabs(relative):
-        return relative
     if "://" in base:
         scheme, rest = base.split("://", 1)
-        # normalised, so "a/../b" names the key b as a person means it and a containment check sees it
-        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), relative))}"
-    return os.path.normpath(Path(base).expanduser().resolve().parent / relative)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, *parts))}"
+    return posixpath.normpath(posixpath.join(base, *parts))
+
+
+def resolve_url(base_file: str, relative: str) -> str:
+    """Resolve ``relative`` against the folder holding the file ``base_file`` (a URL or a path).
+
+    Absolute paths and URLs with a scheme are returned unchanged, so a bundle manifest may mix
+    files next to it with files elsewhere, and an image struct may name any URL (whether it may be
+    read is the caller's decision). A local ``base_file`` is first made absolute with symlinks
+    resolved, so the result does not depend on the working directory. The join is :func:`join_url`.
+    """
+    if is_absolute(relative):
+        return relative
+    if "://" in base_file:
+        scheme, rest = base_file.split("://", 1)
+        return join_url(f"{scheme}://{posixpath.dirname(rest)}", relative)
+    return join_url(str(Path(base_file).expanduser().resolve().parent), relative)
 
 
 def _local_path(uri: str) -> Path:

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from recon.errors import DivergenceError
+from recon.renderer import lambertian_diffuse, light_from_network, view_from_network
+
 from .imaging import prepare_gan_output, prepare_input
 from .losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
 from .prior import default_box_mask, ellipsoid_prior
-from recon.renderer import lambertian_diffuse, light_from_network, view_from_network
 from .sampling import sample_lights, sample_views
 from .stacked import StackedNetwork
 

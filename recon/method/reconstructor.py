@@ -19,19 +19,21 @@ import numpy as np
 import torch
 
 from recon import __version__
+from recon.errors import DivergenceError, InputError, MaskRequiredError, describe, first_line
+from recon.export import CameraIntrinsics
 from recon.models.bundle import ModelBundle, load_bundle, load_pretrained_networks
+from recon.models.gan import load_gan
+from recon.renderer import DepthRenderer
+
+from .checks import check_w_latent
 from .config import GAN2ShapeConfig, load_config
 from .cpu_memory import retain_freed_cpu_memory
 from .engine import NETWORKS, Instance, InstanceGroup
-from recon.errors import DivergenceError, InputError, MaskRequiredError, describe, first_line
-from recon.export import CameraIntrinsics
 from .imaging import image_to_tensor, mask_to_tensor, prepare_input
 from .latent import LatentProjector
 from .networks import build_networks
 from .prior import ellipsoid_box
-from recon.renderer import DepthRenderer
 from .result import ReconstructionResult
-from recon.models.gan import load_gan
 
 if TYPE_CHECKING:  # imported at call time in invert()
     from .inversion import InversionResult
@@ -264,19 +266,9 @@ class Reconstructor:
         alone instead of taking the group's other instances with it.
         """
         img = self.checked_image(image)
-        try:
-            lat = torch.as_tensor(np.asarray(latent, dtype=np.float32) if not isinstance(latent, torch.Tensor)
-                                  else latent)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"latent must be {self.latent_dim} numbers: {first_line(exc)}") from exc
-        lat = lat.detach().float().cpu()
-        if lat.ndim == 2 and lat.shape[0] == 1:
-            lat = lat[0]
-        if lat.ndim != 1 or lat.shape[0] != self.latent_dim:
-            raise InputError(f"latent must be a W code of {self.latent_dim} values (W space, not W+), "
-                             f"got shape {tuple(lat.shape)}")
-        if not torch.isfinite(lat).all():
-            raise InputError("latent holds NaN or inf")
+        # The one rule for W codes (shared with callers that never build a Reconstructor), then the
+        # bound that needs this GAN's mapping statistics.
+        lat = torch.from_numpy(check_w_latent(latent, self.latent_dim))
         self.check_latent_magnitude(lat)
         h, w = img.shape[-2:]
         m = None

@@ -24,8 +24,9 @@ import torch
 import yaml
 
 from recon.errors import ReconError, describe
+from recon.io.storage import StorageError, fetch, resolve_url
+
 from .state_dicts import state_dict_problem
-from recon.io.storage import StorageError, fetch, join_uri
 
 KNOWN_KEYS = {"stylegan2", "lpips", "view_mvn", "light_mvn", "pretrained", "description", "name"}
 NETWORK_KEYS = ("netD", "netA", "netV", "netL", "netEnc")
@@ -83,7 +84,7 @@ def _load_tensor_file(uri: str, storage_options: Mapping[str, Any] | None) -> An
 
 def _gaussian(spec: Any, dim: int, what: str, base: str, storage_options) -> Gaussian:
     if isinstance(spec, str):
-        spec = _load_tensor_file(join_uri(base, spec), storage_options)
+        spec = _load_tensor_file(resolve_url(base, spec), storage_options)
     if not isinstance(spec, Mapping) or "mean" not in spec or "cov" not in spec:
         raise BundleError(f"{what} must hold 'mean' and 'cov' (a file or an inline mapping)")
     mean = torch.as_tensor(spec["mean"], dtype=torch.float32).reshape(-1).cpu()
@@ -126,7 +127,7 @@ def load_bundle(uri: str | Path, storage_options: Mapping[str, Any] | None = Non
     lpips = raw.get("lpips") or {}
     if not isinstance(lpips, Mapping) or set(lpips) - {"vgg16", "heads"}:
         raise BundleError(f"{uri}: 'lpips' must be a mapping with 'vgg16' and 'heads'")
-    resolve = lambda v: join_uri(uri, str(v)) if v else None  # noqa: E731
+    resolve = lambda v: resolve_url(uri, str(v)) if v else None  # noqa: E731
     return ModelBundle(
         uri=uri,
         stylegan2=resolve(raw["stylegan2"]),

@@ -17,10 +17,11 @@ from typing import Any, Mapping
 
 import torch
 
-from .bundle import BundleError, ModelBundle, load_pretrained_networks
-from recon.method.config import GAN2ShapeConfig
 from recon.errors import describe
 from recon.io.storage import fetch
+from recon.method.config import GAN2ShapeConfig
+
+from .bundle import BundleError, ModelBundle, load_pretrained_networks
 
 __all__ = ["check_bundle_files"]
 

@@ -18,9 +18,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import ReconError, describe, first_line
-from recon.models.state_dicts import state_dict_problem
 from recon.io.storage import StorageError, fetch
+from recon.models.state_dicts import state_dict_problem
+
+from ..errors import ReconError, describe, first_line
 from .networks import Discriminator, Generator, StyleGAN2Config, channel_table
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from recon.models.bundle import write_bundle
+
 from . import family
 from .generator import SyntheticConfig, build_synthetic_gan, save_synthetic_gan
 

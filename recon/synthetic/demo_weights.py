@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from recon.models.bundle import load_pretrained_networks
 from recon.method.config import GAN2ShapeConfig, load_config
-from ..errors import ReconError
 from recon.method.joint import pretrain
 from recon.method.networks import build_networks
 from recon.method.reconstructor import Reconstructor
+from recon.models.bundle import load_pretrained_networks
+
+from ..errors import ReconError
 from .bundle import build_synthetic_bundle
 from .dataset import HELD_OUT_SEED_BASE, sample_instances
 

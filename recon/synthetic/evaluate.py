@@ -17,8 +17,9 @@ import torch
 
 from recon.method.config import GAN2ShapeConfig
 from recon.method.prior import default_box_mask, ellipsoid_prior
-from ..renderer import DepthRenderer
 from recon.method.result import ReconstructionResult
+
+from ..renderer import DepthRenderer
 from .dataset import SyntheticInstance
 from .metrics import depth_metrics, ground_truth_depth
 

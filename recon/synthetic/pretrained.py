@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from recon.models.bundle import load_bundle, write_bundle
 from recon.method.config import load_config
 from recon.method.joint import pretrain
 from recon.method.reconstructor import Reconstructor, resolve_device
+from recon.models.bundle import load_bundle, write_bundle
+
 from .dataset import HELD_OUT_SEED_BASE, sample_instances
 
 log = logging.getLogger(__name__)

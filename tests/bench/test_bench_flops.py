@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bundles import TINY_SCHEDULE, write_tiny_bundle
+
 from recon import Reconstructor
 
 REPO = Path(__file__).resolve().parents[2]

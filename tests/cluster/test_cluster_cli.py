@@ -4,12 +4,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cluster_helpers import DOUBLE, good_rows, job_config, write_bundle, write_dataset
 
 import cluster.demo
 from cluster.cli import build_parser, config_from_args, main
 from cluster.config import SetupError
 from cluster.preflight import preflight
-from cluster_helpers import DOUBLE, good_rows, job_config, write_bundle, write_dataset
 
 
 @pytest.fixture

@@ -5,17 +5,17 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from cluster_helpers import committed_files, files_listing, read_output
 
 from cluster.compaction import OutputIndex, compact, write_manifest
 from cluster.config import SetupError
-from cluster.fingerprint import RunFingerprint, claim_output
 from cluster.filesystems import create_exclusive, filesystem_for
+from cluster.fingerprint import RunFingerprint, claim_output
 from cluster.identity import id_to_str, item_key, row_seed
 from cluster.inputs import ScannedFile
-from cluster.planner import make_plan
 from cluster.output_schema import RowContext, error_table, table_to_parquet_bytes
+from cluster.planner import make_plan
 from cluster.store import OutputStore
-from cluster_helpers import committed_files, files_listing, read_output
 
 CTX = RowContext(image_size=4, device="cpu", preset="celeba", config_hash="c0ffee", recon_version="0.1.0",
                  run_fingerprint="fp")
@@ -181,9 +181,10 @@ REAL = "recon:Reconstructor"
 
 def _real_fingerprint(preset: str, overrides: dict | None = None):
     """The fingerprint preflight computes for the real method: settings resolved by its class."""
+    from cluster_helpers import job_config
+
     from cluster.fingerprint import compute_fingerprint
     from cluster.preflight import resolve_method_settings
-    from cluster_helpers import job_config
     from recon import Reconstructor
 
     cfg = job_config("in", "out", "b.yaml", preset=preset, reconstructor=REAL, overrides=overrides)

@@ -13,11 +13,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from cluster.cli import main
-from cluster.driver import run_job
-from cluster.output_schema import table_to_parquet_bytes
-from cluster.store import OutputStore
 from cluster_helpers import (
     DOUBLE,
     good_rows,
@@ -28,6 +23,11 @@ from cluster_helpers import (
     write_bundle,
     write_dataset,
 )
+
+from cluster.cli import main
+from cluster.driver import run_job
+from cluster.output_schema import table_to_parquet_bytes
+from cluster.store import OutputStore
 
 ROWS = 6
 PER_SHARD = 2

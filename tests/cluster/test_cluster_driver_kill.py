@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from cluster_helpers import (
     DOUBLE,
     REPO,

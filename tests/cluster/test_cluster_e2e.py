@@ -14,13 +14,6 @@ import urllib.request
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
-
-from cluster.config import Columns, SetupError
-from cluster.metrics import JobMetrics
-from cluster.driver import run_job
-from cluster.output_schema import logical_schema
 from cluster_doubles import DIVERGE, KILL_ALWAYS, KILL_ONCE
 from cluster_helpers import (
     by_id,
@@ -37,6 +30,13 @@ from cluster_helpers import (
     write_bundle,
     write_dataset,
 )
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.config import Columns, SetupError
+from cluster.driver import run_job
+from cluster.metrics import JobMetrics
+from cluster.output_schema import logical_schema
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -96,8 +96,9 @@ def test_local_run_bad_inputs_metrics_and_rerun(tmp_path):
     got = by_id(table)
     expected_errors = {
         "bad-corrupt-bytes": "cannot decode image bytes (19 bytes): not a known image format",
-        "bad-latent-length": "latent has 5 values, expected 8",
-        "bad-nan-latent": "latent contains 8 NaN or infinite values",
+        # checked by the method (its validate; the test double uses the same rule), hence "invalid input"
+        "bad-latent-length": "invalid input: latent has 5 values, expected 8",
+        "bad-nan-latent": "invalid input: latent contains 8 NaN or infinite values",
         "bad-missing-mask": "missing mask",
         "bad-divergence": "optimization diverged: loss became nan at step2 iteration 3 (test double)",
     }

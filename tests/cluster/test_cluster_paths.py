@@ -10,11 +10,11 @@ import http.server
 import threading
 
 import pytest
+from cluster_helpers import by_id, job_config, latent, png, ray_session, read_output, write_bundle, write_dataset  # noqa: F401
 
 from cluster.cli import build_parser, config_from_args
 from cluster.decode import PathPolicy, RowInputError, decode_image
 from cluster.driver import run_job
-from cluster_helpers import by_id, job_config, latent, png, ray_session, read_output, write_bundle, write_dataset  # noqa: F401
 
 
 class _CountingHandler(http.server.BaseHTTPRequestHandler):

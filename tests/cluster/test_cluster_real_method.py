@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-
 from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
+from cluster_helpers import by_id, ids_of, job_config, png, ray_session, read_output, write_dataset  # noqa: F401
+
 from cluster.config import Columns
 from cluster.driver import run_job
 from cluster.output_schema import logical_schema
-from cluster_helpers import by_id, ids_of, job_config, png, ray_session, read_output, write_dataset  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(400), pytest.mark.slow]
 
@@ -24,8 +24,9 @@ OVERRIDES = {**TINY_SCHEDULE, "lam_perc": 0.0, "crop": None}
 
 
 def png_gray(mask: np.ndarray) -> bytes:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(mask).save(buf, format="PNG")
@@ -40,8 +41,9 @@ def _rows(n: int) -> list[dict]:
             w = g.get_latent(torch.randn(1, TINY_STYLE_DIM, generator=torch.Generator().manual_seed(i)))
             img, _ = g([w], input_is_latent=True, randomize_noise=False)
         arr = ((img[0].clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="PNG")

@@ -5,10 +5,6 @@ import json
 
 import pyarrow as pa
 import pytest
-
-from cluster.config import Columns, SetupError
-from cluster.store import OutputStore
-from cluster.worker import OutputClaimedError, ReconstructionWorker, WorkerSettings
 from cluster_doubles import PipelineTestDouble
 from cluster_helpers import (
     DOUBLE,
@@ -21,6 +17,10 @@ from cluster_helpers import (
     write_bundle,
     write_dataset,
 )
+
+from cluster.config import Columns, SetupError
+from cluster.store import OutputStore
+from cluster.worker import OutputClaimedError, ReconstructionWorker, WorkerSettings
 
 
 def _batch(rows) -> pa.Table:

@@ -7,14 +7,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
-from cluster.decode import RowInputError, decode_image, decode_latent, decode_mask, resolve_relative
-from cluster.results import ResultsError, read_results, restore_types
-from cluster.output_schema import ResultError, RowContext, error_table, logical_schema, output_schema, result_table
-from cluster.worker import error_message
 from cluster_doubles import DivergenceError, PipelineTestDouble
 from cluster_helpers import png, write_bundle
+from PIL import Image
+
+from cluster.decode import RowInputError, decode_image, decode_mask, resolve_relative
+from cluster.output_schema import ResultError, RowContext, error_table, logical_schema, output_schema, result_table
+from cluster.results import ResultsError, read_results, restore_types
+from cluster.worker import error_message
+from recon.errors import InputError
+from recon.method.checks import check_w_latent
 
 CTX = RowContext(image_size=16, device="cpu", preset="celeba", config_hash="h", recon_version="0.1.0",
                  run_fingerprint="fp")
@@ -63,21 +65,26 @@ def test_decode_mask_keeps_pixels_and_checks_size():
         decode_mask(None, image_shape=(20, 20))
 
 
-def test_decode_latent():
-    assert decode_latent([1.0] * 8, 8).dtype == np.float32
-    assert decode_latent([[1.0] * 8], 8).shape == (8,)  # [1, D] is accepted
-    with pytest.raises(RowInputError, match="latent has 7 values, expected 8"):
-        decode_latent([1.0] * 7, 8)
-    with pytest.raises(RowInputError, match="2 NaN or infinite"):
-        decode_latent([float("nan"), float("inf")] + [0.0] * 6, 8)
-    with pytest.raises(RowInputError, match="W\\+ latents are not supported"):
-        decode_latent([[0.0] * 8] * 14, 8)
-    with pytest.raises(RowInputError, match="missing latent"):
-        decode_latent(None, 8)
-    with pytest.raises(RowInputError, match="latent contains null values"):
-        decode_latent([1.0, None] + [0.0] * 6, 8)
-    with pytest.raises(RowInputError, match="not a list of numbers"):
-        decode_latent(["a"] * 8, 8)
+def test_the_w_code_rule_the_worker_relies_on():
+    """The cluster decodes no latent itself: the row's list goes to the method, whose one rule is this."""
+    assert check_w_latent([1.0] * 8, 8).dtype == np.float32
+    assert check_w_latent([[1.0] * 8], 8).shape == (8,)  # [1, D] is accepted
+    with pytest.raises(InputError, match="latent has 7 values, expected 8"):
+        check_w_latent([1.0] * 7, 8)
+    with pytest.raises(InputError, match="2 NaN or infinite"):
+        check_w_latent([float("nan"), float("inf")] + [0.0] * 6, 8)
+    with pytest.raises(InputError, match="W\\+ latents are not supported"):
+        check_w_latent([[0.0] * 8] * 14, 8)
+    with pytest.raises(InputError, match="missing latent"):
+        check_w_latent(None, 8)
+    with pytest.raises(InputError, match="latent contains null values"):
+        check_w_latent([1.0, None] + [0.0] * 6, 8)
+    with pytest.raises(InputError, match="not a list of numbers"):
+        check_w_latent(["a"] * 8, 8)
+    # as a row's error text: a ValueError, so the worker says what kind of failure it is
+    with pytest.raises(ValueError) as err:
+        check_w_latent([1.0] * 5, 8)
+    assert error_message(err.value) == "invalid input: latent has 5 values, expected 8"
 
 
 def test_error_messages_by_kind():
@@ -218,8 +225,8 @@ def test_one_exception_tree_under_recon_error_with_the_builtin_bases_kept():
     from cluster.config import SetupError
     from cluster.inputs import InputSetError
     from cluster.stopping import JobStopped
-    from recon.method.config import ConfigError as reexported
     from recon.errors import ConfigError, InputError
+    from recon.method.config import ConfigError as reexported
 
     assert issubclass(InputSetError, SetupError) and issubclass(DamagedOutputError, SetupError)
     assert not issubclass(InputSetError, InputError)  # the job's input set, not one instance's input

@@ -13,11 +13,20 @@ import threading
 import time
 
 import pytest
+from cluster_helpers import (  # noqa: F401
+    DOUBLE,
+    by_id,
+    committed_files,
+    good_rows,
+    job_config,
+    ray_session,
+    read_output,
+    write_bundle,
+    write_dataset,
+)
 
 from cluster.cli import main
 from cluster.driver import run_job
-from cluster_helpers import (DOUBLE, by_id, committed_files, good_rows, job_config, ray_session,  # noqa: F401
-                             read_output, write_bundle, write_dataset)
 from recon.io.retry import RetryPolicy, StorageUnavailable, call_with_retry, is_transient
 
 moto_server = pytest.importorskip("moto.server")

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from cluster_doubles import DIVERGE, PipelineTestDouble
+from cluster_helpers import DOUBLE, count_logs, good_rows, latent, png, write_bundle
 
 from cluster.config import Columns
 from cluster.identity import row_seed
 from cluster.store import OutputStore
 from cluster.worker import ReconstructionWorker, WorkerSettings
-from cluster_doubles import DIVERGE, PipelineTestDouble
-from cluster_helpers import DOUBLE, count_logs, good_rows, latent, png, write_bundle
 
 
 @pytest.fixture
@@ -22,7 +22,8 @@ def make_worker(tmp_path):
             method_settings=PipelineTestDouble.resolve_settings("celeba", {"log_dir": str(tmp_path / "logs")}),
             storage_options={},
             output_url=str(tmp_path / "out"), columns=Columns(), input_protocol="file", run_seed=7,
-            max_attempts=kw.pop("max_attempts", 3), run_fingerprint="fp", recon_version="0.1.0")
+            max_attempts=kw.pop("max_attempts", 3), run_fingerprint="fp", recon_version="0.1.0",
+            invert=kw.pop("invert", "auto"))
         return ReconstructionWorker(settings)
 
     return make
@@ -75,6 +76,28 @@ def test_batch_runs_together_then_one_by_one_after_a_crash(make_worker, tmp_path
     assert [s["attempts"] for s in out] == [1, 3]
 
 
+def test_bad_latents_reach_the_method_and_come_back_as_clear_error_rows(make_worker, tmp_path):
+    """The worker checks no latent itself; nulls inside the Arrow list are named, not read as NaN."""
+    w = make_worker()
+    rows = [{"image_id": "nulls", "image": png(1), "latent": [1.0, None] + [0.0] * 6},
+            {"image_id": "short", "image": png(2), "latent": [0.5] * 5},
+            {"image_id": "good", "image": png(3), "latent": latent(3)}]
+    out = {s["image_id"]: s for s in w(batch(rows)).to_pylist()}  # together, through reconstruct_many
+    assert out["nulls"]["error"] == "invalid input: latent contains null values"
+    assert out["short"]["error"] == "invalid input: latent has 5 values, expected 8"
+    assert out["good"]["status"] == "ok" and count_logs(tmp_path / "logs", "call") == 1
+
+
+def test_invert_only_still_refuses_a_bad_input_latent(make_worker, tmp_path):
+    """--invert only never calls the method on a row that has a latent: the same rule is applied there."""
+    w = make_worker(invert="only")
+    out = {s["image_id"]: s for s in w(batch([
+        {"image_id": "short", "image": png(2), "latent": [0.5] * 5},
+        {"image_id": "good", "image": png(3), "latent": latent(3)}])).to_pylist()}
+    assert (out["short"]["status"], out["short"]["error"]) == ("error", "invalid input: latent has 5 values, expected 8")
+    assert out["good"]["status"] == "ok" and count_logs(tmp_path / "logs", "call") == 0
+
+
 def test_seed_comes_from_run_seed_and_id(make_worker, tmp_path):
     import json
 
@@ -87,6 +110,7 @@ def test_seed_comes_from_run_seed_and_id(make_worker, tmp_path):
 def test_a_latent_of_absurd_magnitude_becomes_an_error_row_from_the_methods_check(tmp_path):
     """The worker keeps no bound of its own: the real method's validate refuses 1e30 and the row says why."""
     from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, write_tiny_bundle
+
     from recon import Reconstructor
 
     settings = WorkerSettings(
@@ -106,9 +130,10 @@ def test_the_actor_runs_the_resolved_settings_and_reads_no_preset(tmp_path, monk
     """The driver resolves --preset/--set once; the actor builds the method from those values alone."""
     import json
 
+    from bundles import TINY_SCHEDULE, write_tiny_bundle
+
     import recon.method.config
     import recon.method.reconstructor
-    from bundles import TINY_SCHEDULE, write_tiny_bundle
     from recon import Reconstructor
     from recon.api import missing_members
 

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import yaml
-
 from cluster_helpers import REPO
 
 util = pytest.importorskip("ray.autoscaler._private.util")

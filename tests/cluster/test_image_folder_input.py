@@ -12,10 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
-from cluster.decode import crop_to_square
-from cluster.driver import run_job
 from cluster_helpers import (
     by_id,
     ids_of,
@@ -26,6 +22,10 @@ from cluster_helpers import (
     read_output,
     write_bundle,
 )
+from PIL import Image
+
+from cluster.decode import crop_to_square
+from cluster.driver import run_job
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240), pytest.mark.slow]
 

@@ -6,12 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cluster_helpers import good_rows, png, write_dataset
 
 from cluster.config import Columns, JobConfig, SetupError
 from cluster.fingerprint import compute_fingerprint
 from cluster.image_folder import index_masks, read_latents
 from cluster.inputs import InputSetError, attach_companions, check_columns, derive_ids, resolve_input, scan_ids
-from cluster_helpers import good_rows, png, write_dataset
 
 
 def _touch(path, data=b"x"):

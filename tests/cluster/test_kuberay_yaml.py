@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import shlex
 
-
 import pytest
 import yaml
+from cluster_helpers import REPO
 
 from cluster.cli import build_parser
-from cluster_helpers import REPO
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
 

@@ -13,9 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-
-from cluster.driver import run_job
-from cluster.results import read_results
 from cluster_doubles import DIVERGE
 from cluster_helpers import (
     REPO,
@@ -27,6 +24,9 @@ from cluster_helpers import (
     write_bundle,
     write_dataset,
 )
+
+from cluster.driver import run_job
+from cluster.results import read_results
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(300), pytest.mark.slow]
 

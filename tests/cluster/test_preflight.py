@@ -5,10 +5,10 @@ import time
 
 import pytest
 import torch
-
 from bundles import TINY_SCHEDULE, TINY_STYLE_DIM, write_tiny_bundle
-from cluster.cli import main
 from cluster_helpers import good_rows, write_dataset
+
+from cluster.cli import main
 
 NO_LPIPS = {**TINY_SCHEDULE, "lam_perc": 0.0}
 
@@ -102,8 +102,9 @@ def test_broken_pretrained_checkpoint_exits_2(capsys, dataset, tiny_bundle, tmp_
 
 def test_good_setup_passes_the_same_checks(dataset, tiny_bundle, tmp_path):
     """Negative control: the checks above do not refuse a bundle the method loads."""
-    from cluster.preflight import preflight
     from cluster_helpers import job_config
+
+    from cluster.preflight import preflight
 
     cfg = job_config(dataset, str(tmp_path / "out"), str(tiny_bundle), reconstructor="recon:Reconstructor",
                      preset="synface", overrides=NO_LPIPS)
@@ -113,11 +114,11 @@ def test_good_setup_passes_the_same_checks(dataset, tiny_bundle, tmp_path):
 def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path):
     """--dry-run: rows in scope, already done, settings, fingerprint; exit 0, no Ray, nothing written."""
     import pyarrow as pa
+    from cluster_helpers import DOUBLE, files_listing, job_config, write_bundle
 
     from cluster.config import Columns
     from cluster.preflight import preflight
     from cluster.worker import ReconstructionWorker, WorkerSettings
-    from cluster_helpers import DOUBLE, files_listing, job_config, write_bundle
 
     rows = good_rows(3)
     write_dataset(str(tmp_path / "in"), rows)
@@ -152,8 +153,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path):
 
 def test_legacy_format_checkpoints_are_checked_too(tiny_bundle, tmp_path):
     """Old torch.save files cannot be memory-mapped; they are read whole and checked the same way."""
-    from recon.models.bundle import load_bundle
     from recon.method.config import load_config
+    from recon.models.bundle import load_bundle
     from recon.models.preflight import check_bundle_files
 
     ckpt = torch.load(tiny_bundle.parent / "tiny_gan.pt", weights_only=True)

@@ -14,10 +14,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import trimesh
-from PIL import Image
-
-from cluster.filesystems import filesystem_for
-from cluster.driver import run_job
 from cluster_helpers import (
     TINY_BAD,
     TINY_OK,
@@ -30,6 +26,10 @@ from cluster_helpers import (
     write_bundle,
     write_dataset,
 )
+from PIL import Image
+
+from cluster.driver import run_job
+from cluster.filesystems import filesystem_for
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240), pytest.mark.slow]
 

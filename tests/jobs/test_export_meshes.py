@@ -9,9 +9,6 @@ import sys
 import numpy as np
 import pytest
 import trimesh
-from PIL import Image
-
-from cluster.report_cli import export_main, mesh_stem
 from cluster_helpers import (
     REPO,
     TINY_BAD,
@@ -20,6 +17,9 @@ from cluster_helpers import (
     ray_session,  # noqa: F401  (fixture)
     read_output,
 )
+from PIL import Image
+
+from cluster.report_cli import export_main, mesh_stem
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240), pytest.mark.slow]
 

@@ -18,10 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from cluster.report import write_report
-from cluster.report_cli import report_main
 from cluster_helpers import (
     TINY_BAD,
     TINY_OK,
@@ -31,6 +27,10 @@ from cluster_helpers import (
     read_output,
     tiny_rows,
 )
+from PIL import Image
+
+from cluster.report import write_report
+from cluster.report_cli import report_main
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240), pytest.mark.slow]
 

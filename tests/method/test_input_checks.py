@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from bundles import FAST, TINY_STYLE_DIM, tiny_stylegan2
+
 from recon import InputError, Reconstructor
-from recon.models.bundle import NETWORK_KEYS, BundleError, load_bundle, write_bundle
 from recon.method.reconstructor import checked_seed
+from recon.models.bundle import NETWORK_KEYS, BundleError, load_bundle, write_bundle
 from recon.stylegan2 import CheckpointError, load_stylegan2, save_stylegan2
 
 
@@ -29,11 +29,21 @@ def sample(rec):
 # ---------------------------------------------------------------- per-instance inputs
 @pytest.mark.parametrize("latent, message", [
     (["a"] * TINY_STYLE_DIM, "latent must be .* numbers"),
-    ([None] * TINY_STYLE_DIM, "latent holds NaN"),  # numpy reads None as NaN
+    ([None] * TINY_STYLE_DIM, "latent contains null values"),  # numpy would read None as NaN: named as nulls
+    ([1e39] + [0.0] * (TINY_STYLE_DIM - 1), "latent contains 1 NaN or infinite values"),  # inf as float32
 ])
 def test_a_latent_that_is_not_numbers_is_an_input_error(rec, sample, latent, message):
     with pytest.raises(InputError, match=message):
         rec.validate(sample[0], latent)
+
+
+def test_latent_tensors_of_any_float_dtype_and_a_1_by_d_nesting_are_accepted(rec, sample):
+    img, w = sample
+    for lat in (torch.from_numpy(w).to(torch.bfloat16), torch.from_numpy(w)[None],
+                torch.from_numpy(w).double().requires_grad_(), w.tolist(), [w.tolist()]):
+        inst = rec.validate(img, lat)
+        assert inst.latent.dtype == torch.float32 and tuple(inst.latent.shape) == (TINY_STYLE_DIM,)
+        assert torch.allclose(inst.latent, torch.from_numpy(w), rtol=1e-2, atol=1e-2)  # bfloat16 keeps 8 bits
 
 
 @pytest.mark.parametrize("seed", [None, 3.5, "7", 2**64])

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from bundles import TINY_STYLE_DIM, tiny_stylegan2, write_tiny_bundle
+
 from recon import Reconstructor
 from recon.method.inversion import InversionSettings, invert
 

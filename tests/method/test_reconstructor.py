@@ -6,12 +6,12 @@ import gc
 import numpy as np
 import pytest
 import torch
-
 from bundles import FAST, LIGHT_MVN, TINY_SCHEDULE, TINY_STYLE_DIM, VIEW_MVN, tiny_stylegan2, write_tiny_bundle
+
 from recon import DivergenceError, InputError, Reconstructor
-from recon.models.bundle import BundleError, load_bundle, write_bundle
 from recon.method.engine import NETWORKS, STEP_NETWORKS, InstanceGroup
 from recon.method.latent import LatentProjector, mapping_split_index
+from recon.models.bundle import BundleError, load_bundle, write_bundle
 from recon.stylegan2 import StyleGAN2, save_stylegan2
 
 
@@ -104,7 +104,7 @@ def test_optimisation_changes_the_prior_depth(bundle):
 
 
 @pytest.mark.parametrize("latent, message", [
-    (np.zeros(TINY_STYLE_DIM + 1, np.float32), "latent must be a W code of 32 values"),
+    (np.zeros(TINY_STYLE_DIM + 1, np.float32), "latent has 33 values, expected 32"),
     (np.zeros((12, TINY_STYLE_DIM), np.float32), "not W\\+"),
     (np.full(TINY_STYLE_DIM, np.nan, np.float32), "NaN"),
 ])
@@ -194,8 +194,8 @@ def test_joint_step3_batches_are_drawn_without_replacement(bundle):
 
 
 def test_joint_pretraining_writes_weights_that_instance_runs_start_from(bundle, tmp_path):
-    from recon.models.bundle import write_bundle
     from recon.method.joint import pretrain
+    from recon.models.bundle import write_bundle
 
     joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "fast": 0.0005})
     items = []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bundles import TINY_STYLE_DIM, tiny_stylegan2
+
 from recon.models import gan as gan_module
 from recon.stylegan2 import save_stylegan2
 

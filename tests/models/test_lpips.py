@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from recon.models.lpips import LPIPS, LPIPSWeightsError, write_random_lpips_weights
 from recon.io.storage import StorageError
+from recon.models.lpips import LPIPS, LPIPSWeightsError, write_random_lpips_weights
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from renderer_cases import (  # noqa: E402
 from recon.renderer import (  # noqa: E402
     DepthRenderer,
     RasterStats,
-    light_from_network,
     lambertian_diffuse,
+    light_from_network,
     rasterize_depth,
     relighting_lights,
     rotation_matrix,

@@ -142,8 +142,8 @@ def test_benchmark_runs_on_two_instances_and_scores_consistently(tmp_path):
         assert row["n"] == 2 and math.isfinite(row["side_mean"]) and math.isfinite(row["mad_mean"])
         assert 0 <= row["side_mean"] < 20 and 0 < row["mad_mean"] < 90
     # the baseline numbers are the metric of the same ground truth computed directly
-    from recon.models.gan import load_gan
     from recon.models.bundle import load_bundle
+    from recon.models.gan import load_gan
     from recon.synthetic.evaluate import score_constant
 
     gan = load_gan(load_bundle(tmp_path / "bundle" / "synthetic.yaml").stylegan2)
