@@ -21,7 +21,9 @@ architecture the preset's checkpoint has (celeba: 128px, channel multiplier 1,
 see README "The model bundle"), random LPIPS weights and fixed view/light
 priors: the cost of every kernel is that of the real model; the images are not
 faces, so no quality is measured here (``bench/throughput.py`` measures quality
-on the ground-truth instrument). ``--gan synthetic`` uses that instrument.
+on the ground-truth instrument). ``--gan synthetic`` uses that instrument. ``--gan tiny`` builds a random StyleGAN2 of the tests'
+size (64px, W of 32, narrow layers) with random LPIPS weights, for checking a benchmark's plumbing
+on a CPU in seconds (``bench/gpu_checks.sh`` with ``DRY_RUN=1``); its figures mean nothing.
 
 Settings are named ``K:key=value,key=value``. The first K=1 setting is the
 baseline the others are compared with; ``1:modconv=grouped`` is the reference's
@@ -90,6 +92,47 @@ def reference_architecture_bundle(preset: str, folder: Path) -> Path:
         "description": f"random StyleGAN2 with the {preset} checkpoint's architecture (a timing instrument)",
         "stylegan2": gan_file.name, "view_mvn": VIEW_MVN, "light_mvn": LIGHT_MVN,
         "lpips": {"vgg16": "vgg16_random.pth", "heads": "lpips_heads_random.pth"}})
+
+
+#: The tests' tiny StyleGAN2 (tests/bundles.py): 64px, W of 32, narrow layers; a plumbing check, not a model.
+TINY_G = StyleGAN2Config(size=64, style_dim=32, n_mlp=8, channels=((4, 32), (8, 32), (16, 16), (32, 16), (64, 8)))
+TINY_D_CHANNELS = {64: 8, 32: 16, 16: 16, 8: 32, 4: 32}
+#: What a preset needs to run on the tiny GAN in seconds: its 64px images uncropped, narrow D/A/V/L/E, small batches.
+TINY_OVERRIDES = {"image_size": 64, "crop": None, "net_width_divisor": 8, "batchsize": 2}
+
+
+def tiny_bundle(folder: Path) -> Path:
+    """A bundle with the tiny random StyleGAN2 and random LPIPS weights (seconds to build and run on a CPU)."""
+    manifest = folder / "tiny.yaml"
+    if manifest.is_file():
+        return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        g = Generator(TINY_G)
+        with torch.no_grad():  # trained-like output range (random ToRGB weights are large)
+            for rgb in [g.to_rgb1, *g.to_rgbs]:
+                rgb.conv.weight.mul_(0.3)
+        d = Discriminator(TINY_G.size, channels=TINY_D_CHANNELS)
+    save_stylegan2(StyleGAN2(generator=g, discriminator=d, latent_avg=None, config=TINY_G), folder / "tiny_gan.pt")
+    from recon.models.lpips import write_random_lpips_weights
+
+    write_random_lpips_weights(folder / "vgg16_random.pth", folder / "lpips_heads_random.pth", seed=0)
+    return write_bundle(manifest, {
+        "description": "tiny random StyleGAN2 (a plumbing check)", "stylegan2": "tiny_gan.pt",
+        "view_mvn": VIEW_MVN, "light_mvn": LIGHT_MVN,
+        "lpips": {"vgg16": "vgg16_random.pth", "heads": "lpips_heads_random.pth"}})
+
+
+def bench_bundle(gan: str, preset: str, size: int = 64) -> tuple[Path, dict]:
+    """The bundle ``--gan`` names and the overrides its GAN needs: (manifest, overrides)."""
+    if gan == "reference":
+        return reference_architecture_bundle(preset, cache_dir() / "bench-reference-gans"), {}
+    if gan == "tiny":
+        return tiny_bundle(cache_dir() / "bench-tiny-gan"), dict(TINY_OVERRIDES)
+    from recon.synthetic.bundle import build_synthetic_bundle
+
+    return build_synthetic_bundle(cache_dir() / f"synthetic-{size}", size=size), {"image_size": size}
 
 
 def make_items(rec: Reconstructor, n: int, seed: int = 0) -> list[dict]:
@@ -165,7 +208,7 @@ def measure(bundle: Path, args, k: int, overrides: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="celeba")
-    p.add_argument("--gan", choices=("reference", "synthetic"), default="reference")
+    p.add_argument("--gan", choices=("reference", "synthetic", "tiny"), default="reference")
     p.add_argument("--size", type=int, default=64, help="image size of the synthetic instrument (--gan synthetic)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--settings", nargs="+", default=["1:modconv=grouped", "8:"],
@@ -180,15 +223,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.json = args.json or report_path('step_throughput', args.device)
     t0 = time.perf_counter()
-    if args.gan == "reference":
-        bundle = reference_architecture_bundle(args.preset, cache_dir() / "bench-reference-gans")
-    else:
-        from recon.synthetic.bundle import build_synthetic_bundle
-
-        bundle = build_synthetic_bundle(cache_dir() / f"synthetic-{args.size}", size=args.size)
-    common = parse_assignments(args.set)
-    if args.gan == "synthetic":
-        common = {"image_size": args.size, **common}
+    bundle, gan_overrides = bench_bundle(args.gan, args.preset, args.size)
+    common = {**gan_overrides, **parse_assignments(args.set)}
     report = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "device": args.device,
                           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
               "preset": args.preset, "gan": args.gan, "fast": args.fast, "set": args.set, "runs": [], "skipped": []}
