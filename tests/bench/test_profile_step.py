@@ -1,7 +1,8 @@
-"""bench/profile_step.py: the labelled profile of a group's steps."""
+"""bench/profile_step.py: the labelled profile of a group's steps, and bench/speedup_table.py's table."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import profile_step  # noqa: E402
+import speedup_table  # noqa: E402
 
 
 @pytest.mark.slow
@@ -93,3 +95,20 @@ def test_a_renamed_class_fails_naming_it_and_leaves_nothing_patched(monkeypatch)
     with pytest.raises(profile_step.ProfileSetupError, match=r"recon\.models\.lpips\.LPIPS\.forward not found"):
         profile_step.Labeller().install()
     assert Generator.__dict__["forward"] is forward
+
+
+def test_speedup_table_shows_cut_off_settings_and_the_ratio_to_the_median_one_at_a_time(capsys):
+    run = lambda setting, k, ih: {"setting": setting, "k": k, "instances_per_hour_full": ih,  # noqa: E731
+                                  "full_schedule_seconds": 3600 * k / ih, "peak_memory_bytes": 2**30}
+    compare = {"runs": [run("1:", 1, 8.0), run("1:", 1, 6.0)], "skipped": []}
+    profile = {"runs": [{"setting": "32:autocast=bf16", "k": 32, "timed": run("32:autocast=bf16", 32, 28.0)}]}
+    rows = speedup_table.build_rows(compare, profile, ["1:", "32:autocast=bf16,gan_compile=inductor", "1:"])
+    summary = speedup_table.summarise(rows, "1:", "32:autocast=bf16,gan_compile=inductor")
+    speedup_table.print_table(rows, summary)
+    text = capsys.readouterr().out
+    assert summary["baseline_inst_h"] == 7.0 and summary["best_measured"]["inst_h"] == 28.0
+    assert "not reached (time limit)" in text and "= 4.00x" in text and "did not finish" in text
+
+
+def test_gpu_checks_script_parses():
+    subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_checks.sh")], check=True)
