@@ -290,6 +290,10 @@ class InstanceGroup:
         }
 
     # ------------------------------------------------------------ pseudo-samples
+    def pseudo_light_strengths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ambient and diffuse strengths (K,), (K,) that pseudo-samples perturb: the cached input's own."""
+        return self.cache["ka"], self.cache["kd"]
+
     @torch.no_grad()
     def sample_pseudo(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-render the cached depth and albedo under random views and lights (docs/method.md#pseudo-samples).
@@ -309,9 +313,7 @@ class InstanceGroup:
         ldir = torch.stack(dirs).to(dev, self.dtype)  # (K,n,3)
         rho = torch.stack(rhos).to(dev, self.dtype)  # (K,n)
         alpha = float(cfg.rand_light[6])
-        ka, kd = c["ka"], c["kd"]
-        if cfg.joint_train and cfg.pseudo_light_strength == "last_image" and getattr(self, "joint_last_light", None):
-            ka, kd = self.joint_last_light  # reference quirk in joint mode: strengths of the last cached image
+        ka, kd = self.pseudo_light_strengths()
         ka = ka[:, None] + alpha * rho
         kd = kd[:, None] + rho
         normal = c["normal"][:, None].expand(k, n, s, s, 3).reshape(k * n, s, s, 3)

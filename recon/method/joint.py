@@ -35,6 +35,8 @@ class JointTrainer(InstanceGroup):
         if not instances:
             raise ValueError("joint training needs at least one image")
         super().__init__(ctx, instances[:1], on_progress=on_progress)
+        #: (ka, kd) of the last image ``_cache_all`` cached, with ``pseudo_light_strength: last_image``.
+        self.joint_last_light: tuple[torch.Tensor, torch.Tensor] | None = None
         self.items = []
         for j, inst in enumerate(instances):
             # the same preparation, device and dtype as a group's inputs; the base class has already
@@ -82,6 +84,13 @@ class JointTrainer(InstanceGroup):
             self.joint_last_light = (self.cache["ka"], self.cache["kd"])
         else:
             self.joint_last_light = None
+
+    def pseudo_light_strengths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference quirk of joint mode (``pseudo_light_strength: last_image``): every image's
+        pseudo-samples perturb the strengths of the last image cached after step 1, not its own."""
+        if self.cfg.joint_train and self.cfg.pseudo_light_strength == "last_image" and self.joint_last_light is not None:
+            return self.joint_last_light
+        return super().pseudo_light_strengths()
 
     def step1(self, stage: int) -> None:
         flip = self.cfg.flip("step1", stage)
