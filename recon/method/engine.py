@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from recon.errors import DivergenceError
-from recon.renderer import lambertian_diffuse, light_from_network, view_from_network
+from recon.renderer import compose_shaded_image, lambertian_diffuse, light_from_network, shading_map, view_from_network
 
 from .imaging import prepare_gan_output, prepare_input
 from .losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
@@ -220,12 +220,10 @@ class InstanceGroup:
         ka, kd, ldir = light_from_network(light_raw.reshape(k * n, 4))
         normal = r.normals(d)
         diffuse = lambertian_diffuse(normal, ldir)
-        shading = ka[:, None, None] + kd[:, None, None] * diffuse
-        texture = (albedo.reshape(k * n, 3, s, s) / 2 + 0.5) * shading[:, None] * 2 - 1
-        view_depth = r.render_view_depth(d, view)
-        grid = r.inverse_warp_grid(view_depth, view)
-        recon = F.grid_sample(texture, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp(-1, 1)
-        valid = r.valid_mask(view_depth)[:, None]
+        texture = compose_shaded_image(albedo.reshape(k * n, 3, s, s) / 2 + 0.5, shading_map(ka, kd, diffuse))
+        warped = r.warp_canonical(texture, d, view)
+        recon = warped.image.clamp(-1, 1)
+        view_depth, valid = warped.view_depth, warped.valid_mask[:, None]
         unflat = lambda t: t.reshape(k, n, *t.shape[1:])  # noqa: E731
         return dict(recon=unflat(recon), valid=unflat(valid), normal=unflat(normal), diffuse=unflat(diffuse),
                     view_depth=unflat(view_depth), view=unflat(view), ka=unflat(ka), kd=unflat(kd),
@@ -314,16 +312,15 @@ class InstanceGroup:
         rho = torch.stack(rhos).to(dev, self.dtype)  # (K,n)
         alpha = float(cfg.rand_light[6])
         ka, kd = self.pseudo_light_strengths()
-        ka = ka[:, None] + alpha * rho
-        kd = kd[:, None] + rho
+        ka = (ka[:, None] + alpha * rho).reshape(k * n)
+        kd = (kd[:, None] + rho).reshape(k * n)
         normal = c["normal"][:, None].expand(k, n, s, s, 3).reshape(k * n, s, s, 3)
-        diffuse = lambertian_diffuse(normal, ldir.reshape(k * n, 3)).reshape(k, n, s, s)
-        shading = ka[..., None, None] + kd[..., None, None] * diffuse
-        texture = (c["albedo"][:, None] / 2 + 0.5) * shading[:, :, None] * 2 - 1
+        diffuse = lambertian_diffuse(normal, ldir.reshape(k * n, 3))
+        albedo01 = (c["albedo"][:, None] / 2 + 0.5).expand(k, n, 3, s, s).reshape(k * n, 3, s, s)
+        texture = compose_shaded_image(albedo01, shading_map(ka, kd, diffuse))
         depth = c["depth"][:, None].expand(k, n, s, s).reshape(k * n, s, s)
-        view_depth = r.render_view_depth(depth, view)
-        grid = r.inverse_warp_grid(view_depth, view)
-        images = F.grid_sample(texture.reshape(k * n, 3, s, s), grid, mode="bilinear", align_corners=True).clamp(-1, 1)
+        warped = r.warp_canonical(texture, depth, view)
+        images, grid = warped.image.clamp(-1, 1), warped.grid
         if self.canon_mask is not None:
             src = self.canon_mask[:, None].expand(k, n, 1, 1, s, s).reshape(k * n, 1, s, s)
         else:
