@@ -38,7 +38,7 @@ from .latent import LatentProjector
 from .prior import ellipsoid_box
 from .result import ReconstructionResult
 
-if TYPE_CHECKING:  # imported at call time in invert()
+if TYPE_CHECKING:  # type names only (inversion is imported at call time in invert())
     from torch import nn
 
     from recon.models.lpips import LPIPS
