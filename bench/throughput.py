@@ -113,7 +113,7 @@ def _count_flops(rec: Reconstructor, image, latent, mask) -> dict:
 
     from recon.method.engine import InstanceGroup
 
-    group = InstanceGroup(rec, [rec.validate(image, latent, mask, seed=1)])
+    group = InstanceGroup(rec.context, [rec.validate(image, latent, mask, seed=1)])
     out = group.forward_input(False, ())
     group.cache_step1(out)
     cfg = rec.config
@@ -196,7 +196,7 @@ def profile_steps(args) -> None:
 
     rec = _reconstructor(args)
     inst = sample_instances(rec.gan, 1)[0]
-    group = InstanceGroup(rec, [rec.validate(inst.image, inst.latent, inst.mask, seed=1)])
+    group = InstanceGroup(rec.context, [rec.validate(inst.image, inst.latent, inst.mask, seed=1)])
     group.cache_step1(group.forward_input(False, ()))
     group.collect()
     cfg = rec.config

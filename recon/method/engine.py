@@ -11,6 +11,9 @@ summed for the backward pass, so gradients never mix instances.
 Stage loop (docs/method.md#stages-and-schedule): [fit D to the ellipsoid prior] then for each stage:
 step 1 (train A), step 2 (train E), collect projected samples, step 3 (train
 V, L, D, A). A fresh Adam is made whenever the step changes.
+
+A group reads the loaded models and settings from a :class:`~recon.method.context.MethodContext`
+only; it never sees the :class:`~recon.method.reconstructor.Reconstructor` that built them.
 """
 from __future__ import annotations
 
@@ -25,20 +28,22 @@ import torch
 import torch.nn.functional as F
 
 from recon.errors import DivergenceError
-from recon.renderer import lambertian_diffuse, light_from_network, view_from_network
+from recon.renderer import compose_shaded_image, lambertian_diffuse, light_from_network, shading_map, view_from_network
 
 from .imaging import prepare_gan_output, prepare_input
 from .losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
+from .networks import NETWORKS
 from .prior import default_box_mask, ellipsoid_prior
 from .sampling import sample_lights, sample_views
 from .stacked import StackedNetwork
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .reconstructor import Reconstructor
+    from .context import MethodContext
 
 log = logging.getLogger(__name__)
 
-NETWORKS = ("netD", "netA", "netV", "netL", "netEnc")
+__all__ = ["NETWORKS", "STEP_NETWORKS", "Instance", "InstanceGroup"]
+
 STEP_NETWORKS = {"prior": ("netD",), "step1": ("netA",), "step2": ("netEnc",), "step3": ("netV", "netL", "netD", "netA")}
 
 
@@ -59,17 +64,17 @@ class Instance:
 class InstanceGroup:
     """K reconstructions trained together; see the module docstring."""
 
-    def __init__(self, rec: "Reconstructor", instances: list[Instance], *,
+    def __init__(self, ctx: "MethodContext", instances: list[Instance], *,
                  on_progress: Callable[[str, int, int, int], None] | None = None):
-        self.rec = rec
-        self.cfg = cfg = rec.config
-        self.device = rec.device
+        self.ctx = ctx
+        self.cfg = cfg = ctx.config
+        self.device = ctx.device
         self.k = len(instances)
         self.size = cfg.image_size
         self.instances = instances
         self.on_progress = on_progress
         dev = self.device
-        self.dtype = dt = rec.dtype
+        self.dtype = dt = ctx.dtype
 
         self.images, self.masks, self.latents = self.prepare_inputs(instances)
         self.generators = [torch.Generator().manual_seed(int(i.seed)) for i in instances]
@@ -77,19 +82,19 @@ class InstanceGroup:
         # (a CPU runs the GAN no faster on larger batches, and K x 16 samples stream activations
         # through the cache that 16 keep in it).
         self.gan_chunk = min(cfg.gan_chunk, self.k) if cfg.gan_chunk else (self.k if dev.type == "cuda" else 1)
-        self.view_mean = rec.bundle.view_mvn.mean.to(dev, dt)
-        self.light_mean = rec.bundle.light_mvn.mean.to(dev, dt)
+        self.view_mean = ctx.view_prior.mean.to(dev, dt)
+        self.light_mean = ctx.light_prior.mean.to(dev, dt)
         # LPIPS (steps 1 and 3), its VGG16 trunk in bfloat16 with ``lpips_autocast: bf16``. A partial of
         # the module, not a bound method of the group, so the group makes no reference cycle.
-        self.perceptual = rec.lpips
-        if rec.lpips is not None and cfg.lpips_autocast == "bf16":
-            self.perceptual = functools.partial(rec.lpips, autocast_dtype=torch.bfloat16)
+        self.perceptual = ctx.lpips
+        if ctx.lpips is not None and cfg.lpips_autocast == "bf16":
+            self.perceptual = functools.partial(ctx.lpips, autocast_dtype=torch.bfloat16)
 
         self.gan_images = self.latent_images(self.latents.reshape(self.k, -1))  # (K,1,3,S,S)
 
-        self.nets = {name: StackedNetwork(rec.networks[name], self.k, cfg.network_batching) for name in NETWORKS}
+        self.nets = {name: StackedNetwork(ctx.networks[name], self.k, cfg.network_batching) for name in NETWORKS}
         for name in NETWORKS:
-            self.nets[name].load_state(rec.initial_state[name])
+            self.nets[name].load_state(ctx.initial_state[name])
 
         self.canon_mask: torch.Tensor | None = None  # (K,1,1,S,S), only with use_mask
         self.cache: dict[str, torch.Tensor] | None = None
@@ -122,14 +127,11 @@ class InstanceGroup:
     def generate(self, w: torch.Tensor, per_instance: int, eager: bool = False) -> torch.Tensor:
         """G(w) for (K*N, D) W codes -> (K, N, 3, S, S), clamped and brought to image_size (docs/method.md#inputs-and-preprocessing).
 
-        ``eager`` skips ``gan_compile`` for this call (see :meth:`Reconstructor.generate`).
+        ``eager`` skips ``gan_compile`` for this call (see :meth:`recon.method.frozen_gan.FrozenGAN.generate`).
         """
-        cfg = self.cfg
-        kwargs = {}
-        if cfg.truncation < 1:
-            kwargs = dict(truncation=cfg.truncation, truncation_latent=self.rec.truncation_latent)
+        cfg, gan = self.cfg, self.ctx.gan
         with self.mixed_precision():
-            parts = [self.rec.generate(part, eager=eager, **kwargs) for part in w.split(self.gan_chunk * per_instance)]
+            parts = [gan.generate(part, eager=eager) for part in w.split(self.gan_chunk * per_instance)]
         img = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.dtype)
         origins = {i.origin_size for i in self.instances}
         if len(origins) == 1:
@@ -166,7 +168,7 @@ class InstanceGroup:
         """Discriminator features of (K*N,3,S,S) images for the step-2 loss, ``gan_chunk`` instances per call."""
         rows = self.gan_chunk * (x.shape[0] // self.k)
         with self.mixed_precision():
-            parts = [self.rec.disc_features(part) for part in x.split(rows)]
+            parts = [self.ctx.gan.disc_features(part) for part in x.split(rows)]
         levels = parts[0] if len(parts) == 1 else [torch.cat(level) for level in zip(*parts)]
         return [level.to(self.dtype) for level in levels]
 
@@ -210,7 +212,7 @@ class InstanceGroup:
         Shapes: depth (K,N,S,S), albedo (K,N,3,S,S), view_raw (K,N,6), light_raw (K,N,4),
         all in network output space (means already added).
         """
-        cfg, r = self.cfg, self.rec.renderer
+        cfg, r = self.cfg, self.ctx.renderer
         k, n, s = depth.shape[0], depth.shape[1], self.size
         d = depth.reshape(k * n, s, s)
         view = view_from_network(view_raw.reshape(k * n, 6), cfg.xyz_rotation_range, cfg.xy_translation_range,
@@ -218,12 +220,10 @@ class InstanceGroup:
         ka, kd, ldir = light_from_network(light_raw.reshape(k * n, 4))
         normal = r.normals(d)
         diffuse = lambertian_diffuse(normal, ldir)
-        shading = ka[:, None, None] + kd[:, None, None] * diffuse
-        texture = (albedo.reshape(k * n, 3, s, s) / 2 + 0.5) * shading[:, None] * 2 - 1
-        view_depth = r.render_view_depth(d, view)
-        grid = r.inverse_warp_grid(view_depth, view)
-        recon = F.grid_sample(texture, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp(-1, 1)
-        valid = r.valid_mask(view_depth)[:, None]
+        texture = compose_shaded_image(albedo.reshape(k * n, 3, s, s) / 2 + 0.5, shading_map(ka, kd, diffuse))
+        warped = r.warp_canonical(texture, d, view)
+        recon = warped.image.clamp(-1, 1)
+        view_depth, valid = warped.view_depth, warped.valid_mask[:, None]
         unflat = lambda t: t.reshape(k, n, *t.shape[1:])  # noqa: E731
         return dict(recon=unflat(recon), valid=unflat(valid), normal=unflat(normal), diffuse=unflat(diffuse),
                     view_depth=unflat(view_depth), view=unflat(view), ka=unflat(ka), kd=unflat(kd),
@@ -273,7 +273,7 @@ class InstanceGroup:
             return
         k, s = self.k, self.size
         with torch.no_grad():
-            grid = self.rec.renderer.forward_warp_grid(out["depth"][:, 0], out["view"][:, 0])
+            grid = self.ctx.renderer.forward_warp_grid(out["depth"][:, 0], out["view"][:, 0])
             canon = F.grid_sample(self.masks.reshape(k, 1, s, s), grid, mode="bilinear", align_corners=True)
         self.canon_mask = canon.reshape(k, 1, 1, s, s)
 
@@ -288,17 +288,21 @@ class InstanceGroup:
         }
 
     # ------------------------------------------------------------ pseudo-samples
+    def pseudo_light_strengths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ambient and diffuse strengths (K,), (K,) that pseudo-samples perturb: the cached input's own."""
+        return self.cache["ka"], self.cache["kd"]
+
     @torch.no_grad()
     def sample_pseudo(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-render the cached depth and albedo under random views and lights (docs/method.md#pseudo-samples).
 
         Returns images (K,n,3,S,S) clamped to [-1,1] and masks (K,n,1,S,S).
         """
-        cfg, r, c = self.cfg, self.rec.renderer, self.cache
+        cfg, r, c = self.cfg, self.ctx.renderer, self.cache
         k, s, dev = self.k, self.size, self.device
         views, dirs, rhos = [], [], []
         for g in self.generators:
-            views.append(sample_views(self.rec.bundle.view_mvn, n, cfg.view_scale, g))
+            views.append(sample_views(self.ctx.view_prior, n, cfg.view_scale, g))
             d, rho = sample_lights(cfg.rand_light, n, g)
             dirs.append(d)
             rhos.append(rho)
@@ -307,19 +311,16 @@ class InstanceGroup:
         ldir = torch.stack(dirs).to(dev, self.dtype)  # (K,n,3)
         rho = torch.stack(rhos).to(dev, self.dtype)  # (K,n)
         alpha = float(cfg.rand_light[6])
-        ka, kd = c["ka"], c["kd"]
-        if cfg.joint_train and cfg.pseudo_light_strength == "last_image" and getattr(self, "joint_last_light", None):
-            ka, kd = self.joint_last_light  # reference quirk in joint mode: strengths of the last cached image
-        ka = ka[:, None] + alpha * rho
-        kd = kd[:, None] + rho
+        ka, kd = self.pseudo_light_strengths()
+        ka = (ka[:, None] + alpha * rho).reshape(k * n)
+        kd = (kd[:, None] + rho).reshape(k * n)
         normal = c["normal"][:, None].expand(k, n, s, s, 3).reshape(k * n, s, s, 3)
-        diffuse = lambertian_diffuse(normal, ldir.reshape(k * n, 3)).reshape(k, n, s, s)
-        shading = ka[..., None, None] + kd[..., None, None] * diffuse
-        texture = (c["albedo"][:, None] / 2 + 0.5) * shading[:, :, None] * 2 - 1
+        diffuse = lambertian_diffuse(normal, ldir.reshape(k * n, 3))
+        albedo01 = (c["albedo"][:, None] / 2 + 0.5).expand(k, n, 3, s, s).reshape(k * n, 3, s, s)
+        texture = compose_shaded_image(albedo01, shading_map(ka, kd, diffuse))
         depth = c["depth"][:, None].expand(k, n, s, s).reshape(k * n, s, s)
-        view_depth = r.render_view_depth(depth, view)
-        grid = r.inverse_warp_grid(view_depth, view)
-        images = F.grid_sample(texture.reshape(k * n, 3, s, s), grid, mode="bilinear", align_corners=True).clamp(-1, 1)
+        warped = r.warp_canonical(texture, depth, view)
+        images, grid = warped.image.clamp(-1, 1), warped.grid
         if self.canon_mask is not None:
             src = self.canon_mask[:, None].expand(k, n, 1, 1, s, s).reshape(k * n, 1, s, s)
         else:
@@ -335,7 +336,7 @@ class InstanceGroup:
             e = self.net("netEnc", pseudo)  # (K,n,D)
             if self.cfg.relative_enc:
                 e = e - self.net("netEnc", self.gan_images)
-            dw = self.rec.projector.offset(e.reshape(k * n, -1)).reshape(k, n, -1)
+            dw = self.ctx.projector.offset(e.reshape(k * n, -1)).reshape(k, n, -1)
             w = (self.latents + dw).reshape(k * n, -1)
             projected = self.generate(w, per_instance=n)
         return projected, dw

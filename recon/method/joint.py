@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
 from .engine import NETWORKS, Instance, InstanceGroup
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import MethodContext
+    from .reconstructor import Reconstructor
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +30,13 @@ log = logging.getLogger(__name__)
 class JointTrainer(InstanceGroup):
     """Shared networks over many images; reuses the single-instance steps of :class:`InstanceGroup`."""
 
-    def __init__(self, rec, instances: list[Instance], seed: int = 0, **kwargs):
+    def __init__(self, ctx: "MethodContext", instances: list[Instance], seed: int = 0, *,
+                 on_progress: Callable[[str, int, int, int], None] | None = None):
         if not instances:
             raise ValueError("joint training needs at least one image")
-        super().__init__(rec, instances[:1], **kwargs)
+        super().__init__(ctx, instances[:1], on_progress=on_progress)
+        #: (ka, kd) of the last image ``_cache_all`` cached, with ``pseudo_light_strength: last_image``.
+        self.joint_last_light: tuple[torch.Tensor, torch.Tensor] | None = None
         self.items = []
         for j, inst in enumerate(instances):
             # the same preparation, device and dtype as a group's inputs; the base class has already
@@ -77,6 +84,13 @@ class JointTrainer(InstanceGroup):
             self.joint_last_light = (self.cache["ka"], self.cache["kd"])
         else:
             self.joint_last_light = None
+
+    def pseudo_light_strengths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference quirk of joint mode (``pseudo_light_strength: last_image``): every image's
+        pseudo-samples perturb the strengths of the last image cached after step 1, not its own."""
+        if self.cfg.joint_train and self.cfg.pseudo_light_strength == "last_image" and self.joint_last_light is not None:
+            return self.joint_last_light
+        return super().pseudo_light_strengths()
 
     def step1(self, stage: int) -> None:
         flip = self.cfg.flip("step1", stage)
@@ -136,7 +150,7 @@ class JointTrainer(InstanceGroup):
         return {name: self.nets[name].state_dict(0) for name in NETWORKS}
 
 
-def pretrain(rec, instances: Sequence[Mapping[str, Any]], output: str | Path, seed: int = 0) -> Path:
+def pretrain(rec: "Reconstructor", instances: Sequence[Mapping[str, Any]], output: str | Path, seed: int = 0) -> Path:
     """Run joint training over ``instances`` (dicts with image, latent, optional mask) and save the checkpoint.
 
     ``rec`` must be built with a joint preset (``joint_train: true``, e.g.
@@ -146,7 +160,7 @@ def pretrain(rec, instances: Sequence[Mapping[str, Any]], output: str | Path, se
     if not rec.config.joint_train:
         raise ValueError(f"preset {rec.preset_name!r} is not a joint (pre-training) preset; use e.g. celeba_pretrain")
     validated = [rec.validate(i.get("image"), i.get("latent"), i.get("mask"), i.get("seed", 0)) for i in instances]
-    trainer = JointTrainer(rec, validated, seed=seed)
+    trainer = JointTrainer(rec.context, validated, seed=seed)
     trainer.select(0)
     trainer.run(fit_prior=rec.pretrained is None)
     bad = [d for d in trainer.diverged if d]

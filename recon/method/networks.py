@@ -33,6 +33,7 @@ __all__ = [
     "DEPTH_CHANNELS",
     "DEPTH_ZDIM",
     "LIGHT_DIM",
+    "NETWORKS",
     "VIEW_DIM",
     "ConvEncoder",
     "EDDeconv",
@@ -42,6 +43,9 @@ __all__ = [
     "build_networks",
     "widths_for",
 ]
+
+#: The five trainable networks, by the keys of :func:`build_networks` (and of the reference's checkpoints).
+NETWORKS = ("netD", "netA", "netV", "netL", "netEnc")
 
 #: Output channels of D and A, and sizes of V's and L's outputs (docs/method.md#networks).
 DEPTH_CHANNELS = 1

@@ -1,11 +1,15 @@
 """Public per-image API: load the models once, reconstruct many images.
 
 ``Reconstructor(bundle, preset, device=...)`` loads the StyleGAN2 generator and
-discriminator, the LPIPS network and the renderer once; ``reconstruct`` runs the
-whole GAN2Shape schedule for one image and ``reconstruct_many`` runs several
+discriminator, the LPIPS network and the renderer once (:func:`recon.method.context.build_context`);
+``reconstruct`` runs the whole GAN2Shape schedule for one image and ``reconstruct_many`` runs several
 images together on one device (each with its own networks and optimiser
 state, see :mod:`recon.method.engine`). It implements :class:`recon.api.ReconstructorProtocol`, the
 interface the batch job uses (docs/batch_job.md#custom-reconstructors).
+
+The reconstructor is a facade: it checks inputs, forms groups, hands each group the loaded
+:class:`~recon.method.context.MethodContext` (the engine never sees the reconstructor) and packs
+the results.
 """
 from __future__ import annotations
 
@@ -19,29 +23,29 @@ import numpy as np
 import torch
 
 from recon import __version__
-from recon.errors import DivergenceError, InputError, MaskRequiredError, describe, first_line
+from recon.errors import DivergenceError, InputError, MaskRequiredError, describe
 from recon.export import CameraIntrinsics
-from recon.models.bundle import ModelBundle, load_bundle, load_pretrained_networks
-from recon.models.gan import load_gan
+from recon.models.bundle import ModelBundle, load_bundle
 from recon.renderer import DepthRenderer
 
 from .checks import check_w_latent
 from .config import GAN2ShapeConfig, load_config
-from .cpu_memory import retain_freed_cpu_memory
-from .engine import NETWORKS, Instance, InstanceGroup
+from .context import MethodContext, build_context
+from .engine import Instance, InstanceGroup
+from .frozen_gan import FrozenGAN
 from .imaging import image_to_tensor, mask_to_tensor, prepare_input
 from .latent import LatentProjector
-from .networks import build_networks
 from .prior import ellipsoid_box
 from .result import ReconstructionResult
 
 if TYPE_CHECKING:  # imported at call time in invert()
+    from torch import nn
+
+    from recon.models.lpips import LPIPS
+
     from .inversion import InversionResult
 
 log = logging.getLogger(__name__)
-
-#: Seed of the networks' construction-time weights when the bundle has no pretrained ones.
-INIT_SEED = 0
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -67,22 +71,10 @@ def checked_seed(seed: Any) -> int:
 
 #: A latent is refused when one of its values lies further from the mapping network's mean output
 #: than this many times the spread of that output (the standard deviation of all values of
-#: ``LATENT_RANGE_SAMPLES`` mapped standard-normal z, pooled over coordinates). Sampled W codes lie
-#: within about 6 spreads and inverted ones within a few tens; a value far beyond is a unit or
-#: export bug (1e30, a W code scaled by 1e6) that the GAN would turn into garbage, not a face.
+#: ``recon.method.frozen_gan.LATENT_RANGE_SAMPLES`` mapped standard-normal z, pooled over coordinates).
+#: Sampled W codes lie within about 6 spreads and inverted ones within a few tens; a value far beyond
+#: is a unit or export bug (1e30, a W code scaled by 1e6) that the GAN would turn into garbage, not a face.
 LATENT_BOUND_SPREADS = 100.0
-LATENT_RANGE_SAMPLES = 1024
-
-
-def mapping_output_range(generator: torch.nn.Module, style_dim: int, device: torch.device,
-                         dtype: torch.dtype) -> tuple[torch.Tensor, float]:
-    """Mean W (style_dim,) and pooled spread of the mapping network's output, from seeded samples."""
-    with torch.no_grad():
-        z = torch.randn(LATENT_RANGE_SAMPLES, style_dim, device=device,
-                        generator=torch.Generator(device).manual_seed(0)).to(dtype)
-        w = generator.get_latent(z).float().cpu()
-    center = w.mean(0)
-    return center, float((w - center).std())
 
 
 class Reconstructor:
@@ -144,106 +136,83 @@ class Reconstructor:
         dtype: torch.dtype = torch.float32,
     ):
         self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            retain_freed_cpu_memory()  # large activations would otherwise be mmap'd and zeroed every iteration
-        # torch imports its compiler stack on the first optimiser a process builds, and that import
-        # keeps the frames it ran under alive for good: had it happened inside a group's first
-        # step, those frames would pin that group (all K networks, gradients, Adam state) for the
-        # life of the process. Importing it here, outside any group, keeps groups freeable.
-        import torch._dynamo  # noqa: F401
-        #: float32 for use; float64 lets tests compare batched and separate runs without rounding noise.
-        self.dtype = dtype
-        self.config = config if config is not None else load_config(preset, overrides)
-        self.preset_name = self.config.name
+        config = config if config is not None else load_config(preset, overrides)
         self.bundle = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle, storage_options)
-        cfg = self.config
+        #: The loaded models and settings every group of this reconstructor runs with.
+        self.context: MethodContext = build_context(self.bundle, config, self.device, dtype, storage_options)
+        self.preset_name = config.name
+        self.image_size = config.image_size
+        self.requires_mask = bool(config.use_mask)
+        self.latent_dim = self.context.gan.style_dim
+        self.config_hash = config.hash(self.bundle.identity())
 
-        self.gan = load_gan(self.bundle.stylegan2, self.device, storage_options=storage_options)
-        self.gan.generator.to(dtype)
-        if hasattr(self.gan.generator, "set_modconv_layout"):  # the synthetic instrument has no modulated convs
-            self.gan.generator.set_modconv_layout(cfg.modconv)
-        if self.gan.discriminator is None:
-            raise ValueError(f"{self.bundle.stylegan2}: the checkpoint has no discriminator ('d'); "
-                             "GAN2Shape's step-2 loss compares discriminator features")
-        self.gan.discriminator.to(dtype)
-        n_blocks = len(self.gan.discriminator.convs) - 1
-        if n_blocks < 4 or cfg.image_size < 16:
-            raise ValueError(f"the discriminator has {n_blocks} residual blocks; the step-2 loss needs 4")
-        self.latent_dim = self.gan.config.style_dim
-        self.latent_center, self.latent_spread = mapping_output_range(self.gan.generator, self.latent_dim,
-                                                                      self.device, dtype)
-        self.image_size = cfg.image_size
-        self.requires_mask = bool(cfg.use_mask)
-        self.truncation_latent = None
-        if cfg.truncation < 1:
-            if self.gan.latent_avg is not None:
-                self.truncation_latent = self.gan.latent_avg[None].to(self.device, dtype)
-            else:
-                with torch.no_grad():
-                    self.truncation_latent = self.gan.generator.mean_latent(4096, torch.Generator(self.device).manual_seed(0)).to(dtype)
+    # ------------------------------------------------------------------ the loaded parts (from the context)
+    @property
+    def config(self) -> GAN2ShapeConfig:
+        return self.context.config
 
-        self.lpips = None
-        if cfg.lam_perc > 0:
-            if not (self.bundle.lpips_vgg16 and self.bundle.lpips_heads):
-                raise ValueError(
-                    f"preset {self.preset_name!r} uses the LPIPS perceptual loss (lam_perc={cfg.lam_perc}) but the "
-                    f"bundle {self.bundle.uri} names no LPIPS weights: add 'lpips: {{vgg16: <torchvision "
-                    "vgg16-397923af.pth>, heads: <LPIPS weights/v0.1/vgg.pth>}' to the manifest, "
-                    "or set lam_perc=0")
-            from recon.models.lpips import LPIPS
+    @property
+    def dtype(self) -> torch.dtype:
+        """float32 for use; float64 lets tests compare batched and separate runs without rounding noise."""
+        return self.context.dtype
 
-            self.lpips = LPIPS.from_files(self.bundle.lpips_vgg16, self.bundle.lpips_heads, device=self.device,
-                                          storage_options=storage_options).to(dtype)
+    @property
+    def gan(self) -> FrozenGAN:
+        """The frozen generator and discriminator (``.generator``, ``.discriminator``, ``.config``)."""
+        return self.context.gan
 
-        self.renderer = DepthRenderer(cfg.image_size, fov=cfg.fov, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
-                                      rot_center_depth=cfg.rot_center_depth, backend=cfg.renderer, device=self.device)
-        self.projector = LatentProjector(self.gan.generator, cfg.F1_d, cfg.mapping_tail)
+    @property
+    def lpips(self) -> "LPIPS | None":
+        return self.context.lpips
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(INIT_SEED)  # construction-time weights are the same in every process
-            nets = build_networks(cfg.image_size, latent_dim=self.latent_dim,
-                                  shortcut_sees_relu=cfg.encoder_shortcut_relu,
-                                  width_divisor=cfg.net_width_divisor)
-        self.networks = {name: nets[name].to(self.device, dtype) for name in NETWORKS}
-        self.pretrained = self.bundle.pretrained
-        if self.pretrained:
-            states = load_pretrained_networks(self.pretrained, storage_options)
-            for name in NETWORKS:
-                try:
-                    self.networks[name].load_state_dict(states[name])
-                except RuntimeError as exc:
-                    raise ValueError(f"{self.pretrained}: {name} does not fit the {cfg.image_size}px networks of "
-                                     f"preset {self.preset_name!r} (net_width_divisor={cfg.net_width_divisor}): "
-                                     f"{first_line(exc)}") from exc
-        self.initial_state = {name: {k: v.detach().clone() for k, v in self.networks[name].state_dict().items()}
-                              for name in NETWORKS}
-        self.config_hash = cfg.hash(self.bundle.identity())
-        self._generate, self._features = self.gan.generator, self.gan.discriminator.features
-        if cfg.gan_compile != "none":
-            # Compiled once per input shape and grad mode (static shapes: a group's shapes repeat for
-            # its whole schedule and across groups of the same K, so each graph is built once per process).
-            self._generate = torch.compile(self.gan.generator, backend=cfg.gan_compile, dynamic=False)
-            self._features = torch.compile(self.gan.discriminator.features, backend=cfg.gan_compile, dynamic=False)
+    @property
+    def renderer(self) -> DepthRenderer:
+        return self.context.renderer
 
-    # ------------------------------------------------------------------ the frozen GAN
-    def generate(self, w: torch.Tensor, *, eager: bool = False, **kwargs: Any) -> torch.Tensor:
-        """G(w) for W codes (N, D) -> images (N, 3, gan_size, gan_size); compiled with ``gan_compile``.
+    @property
+    def projector(self) -> LatentProjector:
+        return self.context.projector
 
-        ``eager=True`` runs the uncompiled generator: for a call whose shape comes once per group,
-        where building a graph would cost more than the pass it speeds up.
-        """
-        generator = self.gan.generator if eager else self._generate
-        return generator([w], input_is_latent=True, randomize_noise=False, **kwargs)[0]
+    @property
+    def networks(self) -> "Mapping[str, nn.Module]":
+        """The template D, A, V, L, E every instance copies."""
+        return self.context.networks
+
+    @property
+    def initial_state(self) -> Mapping[str, Mapping[str, torch.Tensor]]:
+        """The weights every instance's networks start from."""
+        return self.context.initial_state
+
+    @property
+    def pretrained(self) -> str | None:
+        """The bundle's pretrained networks (a URL), or None."""
+        return self.context.pretrained
+
+    @property
+    def truncation_latent(self) -> torch.Tensor | None:
+        return self.context.gan.truncation_latent
+
+    @property
+    def latent_center(self) -> torch.Tensor:
+        return self.context.gan.latent_center
+
+    @property
+    def latent_spread(self) -> float:
+        return self.context.gan.latent_spread
+
+    def generate(self, w: torch.Tensor, *, eager: bool = False, truncate: bool = True) -> torch.Tensor:
+        """G(w) for W codes (N, D) -> images (N, 3, gan_size, gan_size) (:meth:`FrozenGAN.generate`)."""
+        return self.context.gan.generate(w, eager=eager, truncate=truncate)
 
     def disc_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The frozen discriminator's first four residual-block outputs (step 2's feature loss)."""
-        return self._features(x, num=4)
+        return self.context.gan.disc_features(x)
 
     # ------------------------------------------------------------------ inputs
     @property
     def fits_prior(self) -> bool:
         """Whether every instance starts with the ellipsoid prior fit (no pre-trained weights, or forced)."""
-        return self.pretrained is None or self.config.prior_every_image
+        return self.context.fits_prior
 
     def checked_image(self, image: Any) -> torch.Tensor:
         """One input image as (1, 3, H, W) in [-1, 1]: square, and large enough for the preset's crop."""
@@ -411,7 +380,7 @@ class Reconstructor:
     def _run_group(self, instances: list[Instance], on_progress=None, raise_on_divergence: bool = True
                    ) -> list[ReconstructionResult | Exception]:
         start = time.perf_counter()
-        group = InstanceGroup(self, instances, on_progress=on_progress)
+        group = InstanceGroup(self.context, instances, on_progress=on_progress)
         group.run(fit_prior=self.fits_prior)
         final = group.final_state()
         seconds = time.perf_counter() - start

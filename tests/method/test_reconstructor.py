@@ -51,7 +51,7 @@ def test_latent_offset_is_exactly_zero_for_zero_encoder_output(f1_d, mode):
 
 def test_each_step_trains_only_its_networks(rec):
     img, w = _sample(rec)
-    group = InstanceGroup(rec, [rec.validate(img, w, seed=1)])
+    group = InstanceGroup(rec.context, [rec.validate(img, w, seed=1)])
 
     def snapshot():
         return {n: group.nets[n].state_dict(0) for n in NETWORKS}
@@ -184,7 +184,7 @@ def test_joint_step3_batches_are_drawn_without_replacement(bundle):
 
     joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "batchsize": 12})
     img, w = _sample(joint, 0)
-    trainer = JointTrainer(joint, [joint.validate(img, w)])
+    trainer = JointTrainer(joint.context, [joint.validate(img, w)])
     size, pool = 32, torch.arange(32.0).reshape(1, 32, 1, 1, 1)
     trainer.items[0]["pool"] = (pool, torch.ones_like(pool))
     for _ in range(50):
@@ -228,7 +228,7 @@ def test_joint_pretraining_runs_in_the_reconstructors_dtype(bundle, tmp_path):
     joint = Reconstructor(bundle, "synface_pretrain", overrides={**FAST, "fast": 0.0005}, dtype=torch.float64)
     items = [dict(zip(("image", "latent"), _sample(Reconstructor(bundle, "synface", overrides=FAST), seed)))
              for seed in range(2)]
-    trainer = JointTrainer(joint, [joint.validate(i["image"], i["latent"], None, 0) for i in items])
+    trainer = JointTrainer(joint.context, [joint.validate(i["image"], i["latent"], None, 0) for i in items])
     for item in trainer.items:
         for key in ("image", "mask", "latent", "gan_image"):
             assert item[key].dtype == torch.float64, key
@@ -431,13 +431,13 @@ def test_compiled_generator_only_sees_the_shapes_the_schedule_repeats(bundle):
     repeat every iteration. The eager pass gives the same images as the compiled graph would."""
     rec = Reconstructor(bundle, "synface", overrides={**FAST, "gan_compile": "aot_eager"})
     img, w = _sample(rec, seed=3)
-    compiled, rows = rec._generate, []
+    compiled, rows = rec.gan._generate, []
 
     def recording(styles, **kwargs):
         rows.append(styles[0].shape[0])
         return compiled(styles, **kwargs)
 
-    rec._generate = recording
+    rec.gan._generate = recording
     rec.reconstruct_many([{"image": img, "latent": w, "seed": s} for s in (1, 2)], batch_size=2)
     per_call = rec.config.batchsize  # one instance per GAN call on the CPU
     assert rows and set(rows) == {per_call}, sorted(set(rows))
