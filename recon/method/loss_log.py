@@ -21,7 +21,7 @@ import torch
 class _Flag:
     """Instances (K,) bool that failed a check at one iteration of one step."""
 
-    step: str
+    step: str | None  # None: outside the optimisation steps (e.g. the last forward pass)
     iteration: int  # 1-based, counted over all stages of the step, like the loss history
     bad: torch.Tensor
     what: str
@@ -53,11 +53,12 @@ class LossLog:
         """The 1-based number of the iteration of ``step`` being recorded next."""
         return self._counts.get(step, 0) + 1
 
-    def flag(self, step: str, bad: torch.Tensor, what: str) -> None:
-        """Mark the instances where ``bad`` (K,) is true as diverged at the current iteration: ``what`` went wrong."""
+    def flag(self, step: str | None, bad: torch.Tensor, what: str) -> None:
+        """Mark the instances where ``bad`` (K,) is true as diverged at the current iteration of ``step``
+        (None: outside the steps): ``what`` went wrong."""
         bad = bad.detach().reshape(self.k)
         self.alive &= ~bad
-        self._events.append(_Flag(step, self.iteration(step), bad, what))
+        self._events.append(_Flag(step, self.iteration(step) if step else 0, bad, what))
 
     def record(self, step: str, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         """One iteration's per-instance total (K,) and loss terms; a non-finite total flags its instance."""
@@ -88,7 +89,8 @@ class LossLog:
                 bad, at = values[at:at + self.k], at + self.k
                 for i, b in enumerate(bad):
                     if b and self.diverged[i] is None:
-                        self.diverged[i] = f"{e.what} at {e.step} iteration {e.iteration}"
+                        self.diverged[i] = (f"{e.what} at {e.step} iteration {e.iteration}" if e.step
+                                            else f"{e.what} outside the optimisation steps")
                 continue
             totals, at = values[at:at + self.k], at + self.k
             terms = {}
