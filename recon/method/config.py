@@ -45,6 +45,8 @@ CHOICES = {
     "lpips_autocast": ("none", "bf16"),
     "modconv": ("grouped", "dense"),
     "gan_compile": ("none", "inductor", "aot_eager"),
+    "rng_device": ("cpu", "device"),
+    "pool_device": ("auto", "device", "host"),
 }
 
 
@@ -110,6 +112,16 @@ class GAN2ShapeConfig:
     # reference's per-sample grouped conv); the same function, dense is faster
     modconv: str = "dense"
     gan_compile: str = "none"  # torch.compile the frozen G and D features: none, inductor, aot_eager (no codegen)
+    # Where the per-instance random streams live: cpu (the same draws on every device) or device (on a GPU
+    # the pseudo-samples' views, lights and step 3's pool order are drawn there: no copy that waits for the host)
+    rng_device: str = "cpu"
+    # Where step 3's pool of projected samples lives on a GPU: auto (on the GPU when it fits,
+    # recon.method.pool.pool_on_device), device, host. The same samples either way.
+    pool_device: str = "auto"
+    # Iterations between read-backs of the loss record (recon.method.loss_log): the host waits for
+    # the GPU only then. A NaN is still that instance's DivergenceError, reported up to this many
+    # iterations later with the iteration it happened at. Results do not depend on it.
+    sync_every: int = 25
     fast: float = 1.0  # scales every iteration count (schedule, collection, prior fit); 1 = reference
     # rows then columns, fractions of the image, used without a mask
     default_mask_box: list[float] = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
@@ -207,6 +219,8 @@ class GAN2ShapeConfig:
         if self.net_width_divisor not in (1, 2, 4, 8):
             raise ConfigError(f"net_width_divisor must be 1 (the reference's widths), 2, 4 or 8, "
                               f"got {self.net_width_divisor}")
+        if self.sync_every < 1:
+            raise ConfigError(f"sync_every must be >= 1 iteration, got {self.sync_every}")
         if self.gan_chunk < 0:
             raise ConfigError(f"gan_chunk must be >= 0 (0 = automatic), got {self.gan_chunk}")
         if not self.min_depth < self.max_depth:

@@ -31,8 +31,10 @@ from recon.errors import DivergenceError
 from recon.renderer import compose_shaded_image, lambertian_diffuse, light_from_network, shading_map, view_from_network
 
 from .imaging import prepare_gan_output, prepare_input
+from .loss_log import LossLog
 from .losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
 from .networks import NETWORKS
+from .pool import ProjectedPool
 from .prior import default_box_mask, ellipsoid_prior
 from .sampling import sample_lights, sample_views
 from .stacked import StackedNetwork
@@ -77,7 +79,10 @@ class InstanceGroup:
         self.dtype = dt = ctx.dtype
 
         self.images, self.masks, self.latents = self.prepare_inputs(instances)
-        self.generators = [torch.Generator().manual_seed(int(i.seed)) for i in instances]
+        # Each instance's random stream (pseudo-sample views and lights, step 3's pool order); on the
+        # GPU with ``rng_device: device``, so no draw waits for a copy from the host.
+        rng_device = dev if cfg.rng_device == "device" else torch.device("cpu")
+        self.generators = [torch.Generator(rng_device).manual_seed(int(i.seed)) for i in instances]
         # Instances per generator/discriminator call; automatic (0): all of them on CUDA, one elsewhere
         # (a CPU runs the GAN no faster on larger batches, and K x 16 samples stream activations
         # through the cache that 16 keep in it).
@@ -98,13 +103,26 @@ class InstanceGroup:
 
         self.canon_mask: torch.Tensor | None = None  # (K,1,1,S,S), only with use_mask
         self.cache: dict[str, torch.Tensor] | None = None
-        self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.pool_order: list[list[int]] = [[] for _ in range(self.k)]
-        self.history: list[dict[str, list[float]]] = [dict() for _ in range(self.k)]
-        self.final_losses: list[dict[str, float]] = [dict() for _ in range(self.k)]
+        self.pool: ProjectedPool | None = None
+        #: Losses and divergence, kept on the device and read back every ``sync_every`` iterations.
+        self.losses = LossLog(self.k, dev, cfg.sync_every)
+        self.step_name: str | None = None  # the step running now (None between steps): divergence messages name it
         self.iterations: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
-        self.diverged: list[str | None] = [None] * self.k
+
+    @property
+    def history(self) -> list[dict[str, list[float]]]:
+        """Per instance: every recorded loss, by step (complete after each step ends)."""
+        return self.losses.history
+
+    @property
+    def final_losses(self) -> list[dict[str, float]]:
+        return self.losses.final_losses
+
+    @property
+    def diverged(self) -> list[str | None]:
+        """Per instance: why it diverged, or None (complete after each step ends)."""
+        return self.losses.diverged
 
     # ------------------------------------------------------------------ helpers
     def mixed_precision(self) -> contextlib.AbstractContextManager:
@@ -181,21 +199,20 @@ class InstanceGroup:
         return (1 + t) / 2 * cfg.max_depth + (1 - t) / 2 * cfg.min_depth
 
     def finite_depth(self, depth: torch.Tensor) -> torch.Tensor:
-        """Depth (K,N,S,S) with each instance whose depth is NaN/inf marked diverged and set to the border depth.
+        """Depth (K,N,S,S) with each instance whose depth is NaN/inf or not positive flagged diverged and set
+        to the border depth.
 
-        D diverges through the renderer (steps 1 and 3 train it only through the rendering), which would
-        refuse the depth before the loss could show the NaN: an error of the whole group, not of the one
-        instance. The stand-in depth keeps the group's renderer and losses finite; the instance's gradients
-        are zeroed like any diverged instance's, and it gets a DivergenceError.
+        D diverges through the renderer (steps 1 and 3 train it only through the rendering), whose own
+        value check would refuse the depth before the loss could show the NaN: an error of the whole group,
+        not of the one instance. This is that check, made on the device without reading anything back
+        (the engine's renders skip the renderer's): the stand-in depth keeps the group's renderer and
+        losses finite, the instance's gradients are zeroed from this iteration on like any diverged
+        instance's, and it gets a DivergenceError naming the iteration at the next read-back.
         """
-        finite = torch.isfinite(depth).flatten(1).all(dim=1)  # (K,)
-        if bool(finite.all()):
-            return depth
-        for i in (~finite).nonzero().flatten().tolist():
-            if self.diverged[i] is None:
-                self.diverged[i] = "the depth network's output became NaN or inf"
+        ok = (torch.isfinite(depth) & (depth > 0)).flatten(1).all(dim=1)  # (K,)
+        self.losses.flag(self.step_name, ~ok, "the depth network's output became NaN or inf")
         stand_in = torch.full_like(depth, float(self.cfg.effective_border_depth))
-        return torch.where(finite[:, None, None, None], depth, stand_in)
+        return torch.where(ok[:, None, None, None], depth, stand_in)
 
     def clamp_border(self, depth: torch.Tensor) -> torch.Tensor:
         """Blend the 2 leftmost and rightmost columns towards border_depth (weight 1.02 in the reference)."""
@@ -221,7 +238,7 @@ class InstanceGroup:
         normal = r.normals(d)
         diffuse = lambertian_diffuse(normal, ldir)
         texture = compose_shaded_image(albedo.reshape(k * n, 3, s, s) / 2 + 0.5, shading_map(ka, kd, diffuse))
-        warped = r.warp_canonical(texture, d, view)
+        warped = r.warp_canonical(texture, d, view, check_values=False)  # finite_depth checked d on the device
         recon = warped.image.clamp(-1, 1)
         view_depth, valid = warped.view_depth, warped.valid_mask[:, None]
         unflat = lambda t: t.reshape(k, n, *t.shape[1:])  # noqa: E731
@@ -306,10 +323,11 @@ class InstanceGroup:
             d, rho = sample_lights(cfg.rand_light, n, g)
             dirs.append(d)
             rhos.append(rho)
-        view = view_from_network(torch.stack(views).to(dev, self.dtype).reshape(k * n, 6), cfg.xyz_rotation_range,
-                                 cfg.xy_translation_range, cfg.z_translation_range)
-        ldir = torch.stack(dirs).to(dev, self.dtype)  # (K,n,3)
-        rho = torch.stack(rhos).to(dev, self.dtype)  # (K,n)
+        # non_blocking: with CPU streams the draws travel to the GPU without the host waiting for it
+        view = view_from_network(torch.stack(views).to(dev, self.dtype, non_blocking=True).reshape(k * n, 6),
+                                 cfg.xyz_rotation_range, cfg.xy_translation_range, cfg.z_translation_range)
+        ldir = torch.stack(dirs).to(dev, self.dtype, non_blocking=True)  # (K,n,3)
+        rho = torch.stack(rhos).to(dev, self.dtype, non_blocking=True)  # (K,n)
         alpha = float(cfg.rand_light[6])
         ka, kd = self.pseudo_light_strengths()
         ka = (ka[:, None] + alpha * rho).reshape(k * n)
@@ -319,7 +337,7 @@ class InstanceGroup:
         albedo01 = (c["albedo"][:, None] / 2 + 0.5).expand(k, n, 3, s, s).reshape(k * n, 3, s, s)
         texture = compose_shaded_image(albedo01, shading_map(ka, kd, diffuse))
         depth = c["depth"][:, None].expand(k, n, s, s).reshape(k * n, s, s)
-        warped = r.warp_canonical(texture, depth, view)
+        warped = r.warp_canonical(texture, depth, view, check_values=False)  # the cache passed finite_depth
         images, grid = warped.image.clamp(-1, 1), warped.grid
         if self.canon_mask is not None:
             src = self.canon_mask[:, None].expand(k, n, 1, 1, s, s).reshape(k * n, 1, s, s)
@@ -351,31 +369,21 @@ class InstanceGroup:
 
     @torch.no_grad()
     def collect(self) -> None:
-        """Make the pool of projected samples step 3 trains on (replaces the previous pool)."""
-        images, masks = [], []
-        for _ in range(self.cfg.collect):
-            pseudo, pmask = self.sample_pseudo(self.cfg.batchsize)
+        """Make the pool of projected samples step 3 trains on (replaces the previous pool); on the
+        device when it fits (recon.method.pool)."""
+        cfg = self.cfg
+        self.pool = None  # the previous pool's memory is free before the next one is made
+        pool = ProjectedPool(self.k, cfg.collect * cfg.batchsize, self.size, self.dtype, self.device,
+                             self.generators, cfg.pool_device)
+        for _ in range(cfg.collect):
+            pseudo, pmask = self.sample_pseudo(cfg.batchsize)
             projected, _ = self.project(pseudo, train=False)
-            images.append(projected.cpu())
-            masks.append(pmask.cpu())
-        self.pool = (torch.cat(images, dim=1), torch.cat(masks, dim=1))  # (K,P,...)
-        self.pool_order = [[] for _ in range(self.k)]
+            pool.add(projected, pmask)
+        self.pool = pool
 
     def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Read the pool sequentially, reshuffling each instance's order when it runs out (docs/method.md#collection)."""
-        images, masks = self.pool
-        size = images.shape[1]
-        b = min(self.cfg.batchsize, size)
-        picks = []
-        for i in range(self.k):
-            order = self.pool_order[i]
-            if len(order) < b:
-                order.extend(torch.randperm(size, generator=self.generators[i]).tolist())
-            picks.append(order[:b])
-            del order[:b]
-        idx = torch.tensor(picks)
-        gather = lambda t: torch.stack([t[i, idx[i]] for i in range(self.k)]).to(self.device)  # noqa: E731
-        return gather(images), gather(masks)
+        return self.pool.next_batch(self.cfg.batchsize)
 
     def step3_loss(self, flip: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Input objective + reconstruction of projected samples with their own predicted views and lights."""
@@ -413,21 +421,20 @@ class InstanceGroup:
         impl = self.cfg.adam_impl
         # The update rule is the reference's in every case; "fused" does it in one kernel per step.
         # On the CPU, torch's default per-tensor loop took 80 ms per step of step 3's 40M weights and
-        # "foreach" 127 ms (full-size temporaries), where "fused" takes 17 ms.
+        # "foreach" 127 ms (full-size temporaries), where "fused" takes 17 ms. On CUDA the fused step is
+        # capturable: its step counts stay on the device, so a step never reads one back.
         kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+        if impl == "fused" and self.device.type == "cuda":
+            kwargs["capturable"] = True
         return torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), weight_decay=self.cfg.weight_decay,
                                 **kwargs)
 
-    def _record(self, step: str, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        values = total.detach().cpu().tolist()
-        term_values = {name: t.detach().cpu().reshape(-1).tolist() for name, t in terms.items()}
-        for i, v in enumerate(values):
-            self.history[i].setdefault(step, []).append(float(v))
-            if self.diverged[i] is None and not (v == v and abs(v) != float("inf")):
-                self.diverged[i] = f"{step} loss became {v} at iteration {len(self.history[i][step])}"
-            self.final_losses[i][step] = float(v)
-            for name, tv in term_values.items():
-                self.final_losses[i][f"{step}.{name}"] = float(tv[i] if len(tv) > 1 else tv[0])
+    def read_back(self) -> None:
+        """Bring the loss record to the host (the iteration's one wait for the device); a lone instance
+        that diverged raises its DivergenceError here, with the iteration it diverged at."""
+        self.losses.read_back()
+        if self.k == 1 and self.diverged[0] is not None:
+            raise DivergenceError(self.diverged[0])
 
     def _optimise(self, step: str, iters: int, loss_fn: Callable[[], tuple[torch.Tensor, dict]]) -> None:
         if iters <= 0:
@@ -437,22 +444,25 @@ class InstanceGroup:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup)) if warmup > 0 else None
         for name in NETWORKS:
             self.nets[name].set_requires_grad(name in STEP_NETWORKS[step])
+        self.step_name = step
         start = time.perf_counter()
         for it in range(iters):
             total, terms = loss_fn()
-            self._record(step, total, terms)
-            bad = [i for i, d in enumerate(self.diverged) if d is not None]
-            if self.k == 1 and bad:
-                raise DivergenceError(self.diverged[0])
+            self.losses.record(step, total, terms)
             opt.zero_grad(set_to_none=True)
             torch.where(torch.isfinite(total), total, torch.zeros_like(total)).sum().backward()
+            alive = self.losses.alive
             for name in STEP_NETWORKS[step]:
-                self.nets[name].zero_grad_instances(bad)  # a diverged instance stops; the others go on
+                self.nets[name].keep_grad_where(alive)  # a diverged instance stops; the others go on
             opt.step()
             if sched is not None:
                 sched.step()
+            if self.losses.due():
+                self.read_back()
             if self.on_progress is not None:
                 self.on_progress(step, it + 1, iters, self.k)
+        self.read_back()
+        self.step_name = None
         self.iterations[step] = self.iterations.get(step, 0) + iters
         self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
 
@@ -523,4 +533,7 @@ class InstanceGroup:
     @torch.no_grad()
     def final_state(self) -> dict[str, torch.Tensor]:
         """A last forward of the input with the trained networks (no flip)."""
-        return self.forward_input(False, ())
+        self.step_name = None
+        out = self.forward_input(False, ())
+        self.losses.read_back()  # a depth flagged here makes its instance's result a DivergenceError
+        return out

@@ -1,7 +1,10 @@
 """Random views and lights of the pseudo-samples (docs/method.md#pseudo-samples).
 
-Draws come from a per-instance ``torch.Generator`` on the CPU, so an instance
-makes the same choices whether it runs alone, batched with others, or on a GPU.
+Draws come from a per-instance ``torch.Generator``, so an instance makes the same
+choices whether it runs alone or batched with others. The generator lives on the CPU
+by default, which also makes the choices the same on a GPU; with ``rng_device:
+device`` it lives on the GPU and the draws never cross the bus (different numbers,
+the same distributions).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def sample_lights(rand_light: list[float], n: int, generator: torch.Generator) -
     ambient strength of the input's predicted light.
     """
     x0, x1, y0, y1, r0, r1, _alpha = (float(v) for v in rand_light)
-    u = torch.rand(n, 3, generator=generator)
+    u = torch.rand(n, 3, generator=generator, device=generator.device)
     dx = x0 + (x1 - x0) * u[:, 0]
     dy = y0 + (y1 - y0) * u[:, 1]
     rho = r0 + (r1 - r0) * u[:, 2]

@@ -104,13 +104,17 @@ class StackedNetwork:
         return {n: t.detach().clone() for n, t in self._instance_tensors(instance).items()}
 
     @torch.no_grad()
-    def zero_grad_instances(self, instances: Iterable[int]) -> None:
-        """Drop the gradients of some instances (e.g. ones that diverged) so they stop changing."""
-        for i in instances:
-            for name, t in self._instance_tensors(i).items():
-                if self.mode == "vmap":
-                    g = self._stacked_p[name].grad if name in self._stacked_p else None
-                    if g is not None:
-                        g[i] = 0
-                elif t.grad is not None:
-                    t.grad.zero_()
+    def keep_grad_where(self, alive: torch.Tensor) -> None:
+        """Zero the gradients of the instances where ``alive`` (K,) bool is false (ones that diverged), so
+        they stop changing; done on the device, without reading ``alive`` back. A kept gradient is
+        untouched, bit for bit."""
+        dead = ~alive
+        if self.mode == "vmap":
+            for p in self._stacked_p.values():
+                if p.grad is not None:
+                    p.grad.masked_fill_(dead.view(-1, *([1] * (p.ndim - 1))), 0)
+            return
+        for i, params in enumerate(self._each_p):
+            for p in params.values():
+                if p.grad is not None:
+                    p.grad.masked_fill_(dead[i], 0)

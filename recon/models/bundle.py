@@ -47,12 +47,26 @@ class Gaussian:
 
     mean: torch.Tensor
     cov: torch.Tensor
+    _factors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` samples, drawn on the CPU from ``generator`` so results do not depend on the device."""
-        chol = torch.linalg.cholesky(_jittered(self.cov))
-        eps = torch.randn(n, len(self.mean), generator=generator, dtype=torch.float64)
-        return (self.mean.double() + eps @ chol.T).float()
+        """``n`` float32 samples on ``generator``'s device.
+
+        A CPU generator gives the same draws on every machine (the default); a CUDA generator
+        keeps the draw on the GPU, so no copy to the device waits on the host (``rng_device``).
+        """
+        mean, chol = self._factor(generator.device)
+        eps = torch.randn(n, len(self.mean), generator=generator, dtype=torch.float64, device=generator.device)
+        return (mean + eps @ chol.T).float()
+
+    def _factor(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float64 mean and Cholesky factor on ``device``, made once per device (a copy to a GPU
+        from host memory would otherwise wait for the GPU at every draw)."""
+        key = str(device)
+        if key not in self._factors:
+            chol = torch.linalg.cholesky(_jittered(self.cov))
+            self._factors[key] = (self.mean.double().to(device), chol.to(device))
+        return self._factors[key]
 
 
 @dataclass

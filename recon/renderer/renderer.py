@@ -164,11 +164,16 @@ class DepthRenderer:
 
     # ------------------------------------------------------------------ rendering
     def render_view_depth_unclamped(
-        self, canon_depth: torch.Tensor, view: torch.Tensor | RigidTransform
+        self, canon_depth: torch.Tensor, view: torch.Tensor | RigidTransform, check_values: bool = True
     ) -> torch.Tensor:
-        """Rasterised view-space depth before the clamp; background samples are 100 (docs/method.md#rasterisation-semantics)."""
+        """Rasterised view-space depth before the clamp; background samples are 100 (docs/method.md#rasterisation-semantics).
+
+        ``check_values=False`` skips the finite-and-positive check of the depth values (a host read):
+        for callers that guarantee it themselves on the device, as the optimisation engine does.
+        """
         self._check_maps("canon_depth", canon_depth)
-        self._check_depth_values("canon_depth", canon_depth)
+        if check_values:
+            self._check_depth_values("canon_depth", canon_depth)
         rigid = self._rigid(view, canon_depth)
         batch = canon_depth.shape[0]
         points = self.camera.unproject(canon_depth).reshape(batch, -1, 3)
@@ -193,13 +198,14 @@ class DepthRenderer:
         self.last_raster_stats = stats
         return depth
 
-    def render_view_depth(self, canon_depth: torch.Tensor, view: torch.Tensor | RigidTransform) -> torch.Tensor:
+    def render_view_depth(self, canon_depth: torch.Tensor, view: torch.Tensor | RigidTransform,
+                          check_values: bool = True) -> torch.Tensor:
         """Canonical depth (B, H, W) -> depth seen from `view`, clamped to [0.8, 1.2] (docs/method.md#rasterisation-semantics).
 
         Differentiable w.r.t. `canon_depth` (and `view`) through the winning faces'
         interpolation only (docs/method.md#rasterisation-semantics, docs/renderer.md "How the torch backend works"); clamped pixels get no gradient.
         """
-        raw = self.render_view_depth_unclamped(canon_depth, view)
+        raw = self.render_view_depth_unclamped(canon_depth, view, check_values)
         return raw.clamp(self.clamp_min, self.clamp_max)
 
     def valid_mask(self, view_depth: torch.Tensor) -> torch.Tensor:
@@ -238,6 +244,7 @@ class DepthRenderer:
         canon_depth: torch.Tensor,
         view: torch.Tensor | RigidTransform,
         mode: str = "bilinear",
+        check_values: bool = True,
     ) -> WarpResult:
         """Warp a canonical image (B, C, H, W) into `view` (docs/method.md#warping-and-the-valid-mask).
 
@@ -248,7 +255,7 @@ class DepthRenderer:
             raise ValueError(
                 f"image must be (B, C, H, W) matching canon_depth {tuple(canon_depth.shape)}, got {tuple(image.shape)}"
             )
-        view_depth = self.render_view_depth(canon_depth, view)
+        view_depth = self.render_view_depth(canon_depth, view, check_values)
         grid = self.inverse_warp_grid(view_depth, view)
         warped = F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode="zeros", align_corners=True)
         return WarpResult(warped, view_depth, grid, self.valid_mask(view_depth))
