@@ -17,7 +17,17 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import ConstantInput, ConvLayer, EqualLinear, ModulatedConv2d, PixelNorm, ResBlock, StyledConv, ToRGB
+from .layers import (
+    ConstantInput,
+    ConvLayer,
+    EqualLinear,
+    ModulatedConv2d,
+    PixelNorm,
+    ResBlock,
+    StyledConv,
+    ToRGB,
+    set_blur_impl,
+)
 
 BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512}
 MULTIPLIED_CHANNELS = {64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
@@ -109,6 +119,10 @@ class Generator(nn.Module):
             self.convs.append(StyledConv(out_ch, out_ch, 3, config.style_dim, blur_taps=taps))
             self.to_rgbs.append(ToRGB(out_ch, config.style_dim, blur_taps=taps))
             in_ch = out_ch
+
+    def set_blur_impl(self, impl: str) -> None:
+        """Compute the up-convolutions' blurs and the skip upsamplers as ``upfirdn`` or ``depthwise``."""
+        set_blur_impl(self, impl)
 
     def set_modconv_layout(self, layout: str) -> None:
         """Compute every modulated convolution as ``grouped`` (reference) or ``dense`` (same function)."""
@@ -259,6 +273,10 @@ class Discriminator(nn.Module):
             EqualLinear(ch[4] * 4 * 4, ch[4], activate=True),
             EqualLinear(ch[4], 1),
         )
+
+    def set_blur_impl(self, impl: str) -> None:
+        """Compute the down-sampling layers' blurs as ``upfirdn`` or ``depthwise``."""
+        set_blur_impl(self, impl)
 
     def features(self, x: torch.Tensor, num: int = 4) -> list[torch.Tensor]:
         """Outputs of the first ``num`` residual blocks (the 1x1 from-RGB layer excluded).

@@ -337,3 +337,58 @@ def test_truncated_http_download_is_detected(tmp_path):
             load_stylegan2(url)
     finally:
         server.shutdown()
+
+
+# --- speed options of the frozen networks ---------------------------------------------------------------
+
+@pytest.mark.parametrize("up,down", [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)])
+def test_depthwise_fir_filter_computes_upfirdn(up, down):
+    """``blur_impl: depthwise``'s filter is upfirdn2d's sums, for every up/down factor and pad
+    (symmetric, asymmetric, negative = crop) and a kernel that is neither square nor symmetric,
+    so a missed flip or an off-by-one crop would show."""
+    from recon.stylegan2.ops import upfirdn2d, upfirdn2d_depthwise
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 9, 7, generator=gen, dtype=torch.float64)
+    kernel = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    for pad in [(0, 0), (1, 1), (2, 1), (2, 2), (-1, 2), (1, 2, 0, 3), (3, 0, -1, 2)]:
+        a, b = upfirdn2d(x, kernel, up, down, pad), upfirdn2d_depthwise(x, kernel, up, down, pad)
+        assert a.shape == b.shape, pad
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-13)
+
+
+def _float64_pair(seed: int):
+    model = _small_model(seed=seed)
+    return model.generator.double().requires_grad_(False), model.discriminator.double().requires_grad_(False)
+
+
+@pytest.mark.parametrize("layout", ["grouped", "dense"])
+def test_depthwise_blur_gives_the_upfirdn_generator_and_discriminator(layout):
+    """Switching every blur and skip upsampler to depthwise convolutions (``set_blur_impl``) leaves the
+    generator's images, the discriminator's features and logits, and their input gradients the same
+    to float64 rounding: the up-convolutions' blurs and the skip path's x2 upsampling (generator),
+    the down-sampling blurs before stride-2 convolutions (discriminator)."""
+    from recon.stylegan2.layers import Blur, Upsample
+
+    g, d = _float64_pair(seed=5)
+    g.set_modconv_layout(layout)
+    kinds = {type(m) for m in g.modules()} | {type(m) for m in d.modules()}
+    assert {Blur, Upsample} <= kinds
+    gen = torch.Generator().manual_seed(6)
+    w = g.get_latent(torch.randn(3, 16, generator=gen, dtype=torch.float64))
+    images = torch.randn(3, 3, 32, 32, generator=gen, dtype=torch.float64)
+    out = {}
+    for impl in ("upfirdn", "depthwise"):
+        g.set_blur_impl(impl)
+        d.set_blur_impl(impl)
+        assert {m.impl for m in [*g.modules(), *d.modules()] if isinstance(m, (Blur, Upsample))} == {impl}
+        wi, xi = w.clone().requires_grad_(True), images.clone().requires_grad_(True)
+        img, _ = g([wi], input_is_latent=True, randomize_noise=False)
+        feats = d.features(xi, num=3)
+        logit = d(xi)
+        (img.square().mean() + sum(f.square().mean() for f in feats) + logit.sum()).backward()
+        out[impl] = [img.detach(), *[f.detach() for f in feats], logit.detach(), wi.grad, xi.grad]
+    for a, b in zip(out["upfirdn"], out["depthwise"]):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="blur implementation"):
+        g.set_blur_impl("fft")
