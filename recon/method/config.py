@@ -39,7 +39,7 @@ CHOICES = {
     "mapping_tail": ("reference", "exact"),
     "pseudo_light_strength": ("last_image", "per_image"),
     "renderer": ("torch", "neural_renderer"),
-    "network_batching": ("auto", "vmap", "loop"),
+    "network_batching": ("auto", "vmap", "loop", "bmm"),
     "adam_impl": ("fused", "foreach", "loop"),
     "autocast": ("none", "bf16"),
     "lpips_autocast": ("none", "bf16"),
@@ -99,7 +99,8 @@ class GAN2ShapeConfig:
     add_mean_L: bool = True
     truncation: float = 1.0
     renderer: str = "torch"
-    # how K instances' networks run together: vmap, loop, auto (vmap on CUDA, loop on CPU)
+    # how K instances' networks run together: vmap, loop, auto (vmap on CUDA, loop on CPU), or bmm (each
+    # weighted layer as one batched matmul over the instances; the same function, for GPU benchmarks)
     network_batching: str = "auto"
     gan_chunk: int = 0  # instances per generator/discriminator call in a batched group; 0 = all on CUDA, 1 on CPU
     # the same Adam update, computed as: fused (one kernel per step), foreach, loop (torch's CPU default)
