@@ -45,6 +45,8 @@ CHOICES = {
     "lpips_autocast": ("none", "bf16"),
     "modconv": ("grouped", "dense"),
     "gan_compile": ("none", "inductor", "aot_eager"),
+    "frozen_dtype": ("float32", "bfloat16"),
+    "blur_impl": ("upfirdn", "depthwise"),
 }
 
 
@@ -111,6 +113,18 @@ class GAN2ShapeConfig:
     # reference's per-sample grouped conv); the same function, dense is faster
     modconv: str = "dense"
     gan_compile: str = "none"  # torch.compile the frozen G and D features: none, inductor, aot_eager (no codegen)
+    # Speed options of the frozen networks, each off by default (the reference) until measured on a GPU:
+    # bfloat16: G, D and LPIPS's VGG16 hold every weight, buffer, noise map and blur kernel in bfloat16, so
+    # no float32 bias or noise promotes their activations back to float32 as under autocast alone;
+    # inputs and outputs keep the caller's dtype (LPIPS's normalisation and distance stay float32)
+    frozen_dtype: str = "float32"
+    # StyleGAN2's FIR blurs and x2 upsampling as upfirdn (the reference's one-channel conv over every
+    # plane) or depthwise (a grouped conv or transposed conv per channel, no zero-stuffing); the same sums
+    blur_impl: str = "upfirdn"
+    # step 2's discriminator features: 2 calls (projected with gradients, pseudo without; the reference)
+    # or 1 call on both batches stacked (larger kernels; keeps the pseudo half's activations to the backward)
+    disc_feature_calls: int = 2
+    cudnn_benchmark: bool = False  # let cuDNN time and pick convolution algorithms per shape (not bit-reproducible)
     fast: float = 1.0  # scales every iteration count (schedule, collection, prior fit); 1 = reference
     # rows then columns, fractions of the image, used without a mask
     default_mask_box: list[float] = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
@@ -208,6 +222,8 @@ class GAN2ShapeConfig:
         if self.net_width_divisor not in (1, 2, 4, 8):
             raise ConfigError(f"net_width_divisor must be 1 (the reference's widths), 2, 4 or 8, "
                               f"got {self.net_width_divisor}")
+        if self.disc_feature_calls not in (1, 2):
+            raise ConfigError(f"disc_feature_calls must be 1 or 2, got {self.disc_feature_calls}")
         if self.gan_chunk < 0:
             raise ConfigError(f"gan_chunk must be >= 0 (0 = automatic), got {self.gan_chunk}")
         if not self.min_depth < self.max_depth:
