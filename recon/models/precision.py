@@ -60,8 +60,10 @@ def apply_frozen_dtype(cfg: Any, generator: nn.Module, discriminator: nn.Module 
     Nothing happens with ``float32`` (the default). With ``bfloat16`` a generator that is not a
     StyleGAN2 one (the synthetic instrument's) is left in the run's dtype, with a warning, and so
     is the rest of the method: the trainable networks, renderer, losses and Adam. Call it after
-    anything computed once from the float32 weights (the mapping's output range, the truncation
-    latent), so those keep float32's precision.
+    anything computed once from the float32 weights that should keep float32's precision (the
+    mapping's output range, the truncation latent) and before building the latent projector, whose
+    centres must come from the weights its offsets will use
+    (:func:`recon.method.speed_options.apply_frozen_options`).
     """
     dtype = frozen_dtype(cfg)
     if dtype is None:
