@@ -39,7 +39,7 @@ CHOICES = {
     "mapping_tail": ("reference", "exact"),
     "pseudo_light_strength": ("last_image", "per_image"),
     "renderer": ("torch", "neural_renderer"),
-    "network_batching": ("auto", "vmap", "loop"),
+    "network_batching": ("auto", "vmap", "loop", "bmm"),
     "adam_impl": ("fused", "foreach", "loop"),
     "autocast": ("none", "bf16"),
     "lpips_autocast": ("none", "bf16"),
@@ -47,6 +47,8 @@ CHOICES = {
     "gan_compile": ("none", "inductor", "aot_eager"),
     "rng_device": ("cpu", "device"),
     "pool_device": ("auto", "device", "host"),
+    "frozen_dtype": ("float32", "bfloat16"),
+    "blur_impl": ("upfirdn", "depthwise"),
 }
 
 
@@ -101,7 +103,8 @@ class GAN2ShapeConfig:
     add_mean_L: bool = True
     truncation: float = 1.0
     renderer: str = "torch"
-    # how K instances' networks run together: vmap, loop, auto (vmap on CUDA, loop on CPU)
+    # how K instances' networks run together: vmap, loop, auto (vmap on CUDA, loop on CPU), or bmm (each
+    # weighted layer as one batched matmul over the instances; the same function, for GPU benchmarks)
     network_batching: str = "auto"
     gan_chunk: int = 0  # instances per generator/discriminator call in a batched group; 0 = all on CUDA, 1 on CPU
     # the same Adam update, computed as: fused (one kernel per step), foreach, loop (torch's CPU default)
@@ -122,6 +125,18 @@ class GAN2ShapeConfig:
     # the GPU only then. A NaN is still that instance's DivergenceError, reported up to this many
     # iterations later with the iteration it happened at. Results do not depend on it.
     sync_every: int = 25
+    # Speed options of the frozen networks, each off by default (the reference) until measured on a GPU:
+    # bfloat16: G, D and LPIPS's VGG16 hold every weight, buffer, noise map and blur kernel in bfloat16, so
+    # no float32 bias or noise promotes their activations back to float32 as under autocast alone;
+    # inputs and outputs keep the caller's dtype (LPIPS's normalisation and distance stay float32)
+    frozen_dtype: str = "float32"
+    # StyleGAN2's FIR blurs and x2 upsampling as upfirdn (the reference's one-channel conv over every
+    # plane) or depthwise (a grouped conv or transposed conv per channel, no zero-stuffing); the same sums
+    blur_impl: str = "upfirdn"
+    # step 2's discriminator features: 2 calls (projected with gradients, pseudo without; the reference)
+    # or 1 call on both batches stacked (larger kernels; keeps the pseudo half's activations to the backward)
+    disc_feature_calls: int = 2
+    cudnn_benchmark: bool = False  # let cuDNN time and pick convolution algorithms per shape (not bit-reproducible)
     fast: float = 1.0  # scales every iteration count (schedule, collection, prior fit); 1 = reference
     # rows then columns, fractions of the image, used without a mask
     default_mask_box: list[float] = field(default_factory=lambda: [0.25, 0.9, 0.22, 0.78])
@@ -221,6 +236,8 @@ class GAN2ShapeConfig:
                               f"got {self.net_width_divisor}")
         if self.sync_every < 1:
             raise ConfigError(f"sync_every must be >= 1 iteration, got {self.sync_every}")
+        if self.disc_feature_calls not in (1, 2):
+            raise ConfigError(f"disc_feature_calls must be 1 or 2, got {self.disc_feature_calls}")
         if self.gan_chunk < 0:
             raise ConfigError(f"gan_chunk must be >= 0 (0 = automatic), got {self.gan_chunk}")
         if not self.min_depth < self.max_depth:

@@ -104,9 +104,12 @@ def invert(
     """
     g = gan.generator
     ref = next(g.parameters())
-    targets = targets.to(ref.device, ref.dtype)
+    # the codes, targets and Adam state in the weights' dtype, but never below float32: a generator held
+    # in bfloat16 (frozen_dtype) computes in bfloat16 and hands back float32, and W stays float32
+    dtype = torch.promote_types(ref.dtype, torch.float32)
+    targets = targets.to(ref.device, dtype)
     n = targets.shape[0]
-    mean, spread = _mean_latent(gan, ref.dtype)
+    mean, spread = _mean_latent(gan, dtype)
     distance, metric = make_distance(gan, lpips, settings.l1)
 
     def render(w):

@@ -49,6 +49,7 @@ def discriminator_feature_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     mask: torch.Tensor,
+    calls: int = 2,
 ) -> torch.Tensor:
     """Step-2 "perceptual" loss on StyleGAN2 discriminator features (docs/method.md#losses, docs/method.md#step-2-latent-projection).
 
@@ -57,12 +58,26 @@ def discriminator_feature_loss(
     mask average-pooled to that level's resolution; levels are summed.
     ``x``/``y`` are (B,3,H,W) (one instance) or (K,B,3,H,W); ``mask`` is
     (B,1,H,W) or (K,B,1,H,W). Returns a scalar or (K,).
+
+    ``calls`` (the ``disc_feature_calls`` option): 2, as the reference, runs ``features`` on ``x``
+    with gradients and on ``y`` without; 1 runs it once on both batches stacked and splits the
+    levels, so the GPU sees half as many, twice as large kernels. The same numbers, as the
+    features treat each sample alone (the discriminator's one batch-coupled layer, minibatch
+    standard deviation, comes after the blocks ``features`` returns); the price is that autograd
+    keeps the target half's activations too, until the backward.
     """
+    if calls not in (1, 2):
+        raise ValueError(f"calls must be 1 or 2, got {calls!r}")
     lead = x.shape[:-3]
     flat = lambda t: t.reshape(-1, *t.shape[-3:])  # noqa: E731
-    fx = features(flat(x))
-    with torch.no_grad():
-        fy = features(flat(y))
+    if calls == 1:
+        rows = flat(x).shape[0]
+        both = features(torch.cat([flat(x), flat(y).detach()]))
+        fx, fy = [f[:rows] for f in both], [f[rows:].detach() for f in both]
+    else:
+        fx = features(flat(x))
+        with torch.no_grad():
+            fy = features(flat(y))
     m = flat(mask)
     total = 0.0
     for a, b in zip(fx, fy):

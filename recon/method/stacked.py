@@ -11,6 +11,11 @@ outputs (K, B, ...). Two ways to run them, chosen by ``mode``:
   0.5-0.7x of a loop, and slicing a stacked tensor per instance would make
   every backward allocate a zero-filled gradient of the whole stack (K times
   per step, quadratic in K).
+* ``"bmm"``: weights stored stacked as for vmap; each weighted layer (convolution, transposed
+  convolution, linear, GroupNorm's affine part) runs as one batched matrix product over the K
+  instances, on the merged (K*B, ...) batch (:mod:`recon.method.bmm_layers`). The same function
+  as the others (tested against loop to float64 rounding, outputs and gradients); whether it beats
+  vmap's grouped convolutions on a GPU is for a benchmark to say.
 * ``"auto"``: vmap on CUDA, loop elsewhere.
 
 Adam and weight decay act element-wise, so one Adam over all instances'
@@ -26,6 +31,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .bmm_layers import batched_copy
+
+MODES = ("auto", "vmap", "loop", "bmm")
+
 
 def _call_module(module: nn.Module, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
     return functional_call(module, (params, buffers), (x,))
@@ -33,15 +42,16 @@ def _call_module(module: nn.Module, params: dict, buffers: dict, x: torch.Tensor
 
 class StackedNetwork:
     def __init__(self, module: nn.Module, k: int, mode: str = "auto"):
-        if mode not in ("auto", "vmap", "loop"):
-            raise ValueError(f"mode must be auto, vmap or loop, got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be auto, vmap, loop or bmm, got {mode!r}")
         self.k = k
         self.module = copy.deepcopy(module)
         device = next(self.module.parameters()).device
         self.mode = ("vmap" if device.type == "cuda" else "loop") if mode == "auto" else mode
         named_p = dict(self.module.named_parameters())
         named_b = dict(self.module.named_buffers())
-        if self.mode == "vmap":
+        self.stacked = self.mode in ("vmap", "bmm")  # weights stored (K, ...) per name
+        if self.stacked:
             self._stacked_p = {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.ndim)).clone().requires_grad_(True)
                                for n, p in named_p.items()}
             self._stacked_b = {n: b.detach().unsqueeze(0).repeat(k, *([1] * b.ndim)).clone() for n, b in named_b.items()}
@@ -54,10 +64,14 @@ class StackedNetwork:
         # cyclic collector instead of being freed when the group is dropped.
         self._one = functools.partial(_call_module, self.module)
         self._batched = vmap(self._one)
+        self._bmm = batched_copy(self.module, k, {**self._stacked_p, **self._stacked_b}) if self.mode == "bmm" else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.k:
             raise ValueError(f"expected a leading instance axis of {self.k}, got {tuple(x.shape)}")
+        if self._bmm is not None:
+            out = self._bmm(x.reshape(self.k * x.shape[1], *x.shape[2:]))
+            return out.reshape(self.k, x.shape[1], *out.shape[1:])
         if self.mode == "vmap":
             dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
             if dtype is None:
@@ -73,13 +87,13 @@ class StackedNetwork:
 
     # ------------------------------------------------------------------ weights
     def parameters(self) -> list[torch.Tensor]:
-        if self.mode == "vmap":
+        if self.stacked:
             return list(self._stacked_p.values())
         return [p for d in self._each_p for p in d.values()]
 
     def _instance_tensors(self, i: int) -> dict[str, torch.Tensor]:
         """Views of instance ``i``'s parameters and buffers (no copies)."""
-        if self.mode == "vmap":
+        if self.stacked:
             return {**{n: t[i] for n, t in self._stacked_p.items()}, **{n: t[i] for n, t in self._stacked_b.items()}}
         return {**self._each_p[i], **self._each_b[i]}
 
@@ -109,7 +123,7 @@ class StackedNetwork:
         they stop changing; done on the device, without reading ``alive`` back. A kept gradient is
         untouched, bit for bit."""
         dead = ~alive
-        if self.mode == "vmap":
+        if self.stacked:
             for p in self._stacked_p.values():
                 if p.grad is not None:
                     p.grad.masked_fill_(dead.view(-1, *([1] * (p.ndim - 1))), 0)

@@ -225,10 +225,22 @@ class LPIPS(nn.Module):
         heads_state = _read_state(heads_uri, fetch(heads_uri, storage_options=storage_options), "LPIPS heads")
         return cls(vgg_state, heads_state, vgg_source=vgg_uri, heads_source=heads_uri).to(device)
 
+    @property
+    def trunk_dtype(self) -> torch.dtype:
+        """The dtype of the VGG16 trunk's weights (the run's dtype unless :meth:`set_trunk_dtype` changed it)."""
+        return self.features[0].weight.dtype
+
+    def set_trunk_dtype(self, dtype: torch.dtype) -> "LPIPS":
+        """Hold the VGG16 trunk's weights in ``dtype`` (``frozen_dtype: bfloat16``): its convolutions, ReLUs
+        and poolings then run in that dtype without autocast. The input scaling, the channel
+        normalisation, the heads and the distance keep the inputs' dtype, as with ``autocast_dtype``."""
+        self.features.to(dtype)
+        return self
+
     def _normalised_features(self, images: torch.Tensor, autocast_dtype: torch.dtype | None = None
                              ) -> list[torch.Tensor]:
         """Steps 1–3 of the module docstring: scaled input, VGG stages, unit channel norm per pixel."""
-        h = (images - self.shift) / self.scale
+        h = ((images - self.shift) / self.scale).to(self.trunk_dtype)
         trunk = (torch.autocast(images.device.type, dtype=autocast_dtype) if autocast_dtype is not None
                  else contextlib.nullcontext())
         out = []

@@ -13,7 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import blur_kernel_2d, fused_leaky_relu, upfirdn2d
+from .ops import blur_kernel_2d, fused_leaky_relu, upfirdn2d, upfirdn2d_depthwise
+
+#: The computations of the FIR filters (``blur_impl``): the reference's, and the same sums as a depthwise conv.
+BLUR_IMPLS = {"upfirdn": upfirdn2d, "depthwise": upfirdn2d_depthwise}
 
 
 class PixelNorm(nn.Module):
@@ -65,19 +68,24 @@ class FusedLeakyReLU(nn.Module):
 
 
 class Blur(nn.Module):
-    """FIR filter; the kernel is a persistent buffer because checkpoints store it."""
+    """FIR filter; the kernel is a persistent buffer because checkpoints store it.
+
+    ``impl`` (see :func:`set_blur_impl`) picks the computation: ``upfirdn`` (the reference's) or
+    ``depthwise`` (the same sums as a grouped convolution).
+    """
 
     def __init__(self, taps: Sequence[float], pad: tuple[int, int], gain: float = 1.0):
         super().__init__()
         self.register_buffer("kernel", blur_kernel_2d(taps, gain))
         self.pad = pad
+        self.impl = "upfirdn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+        return BLUR_IMPLS[self.impl](x, self.kernel, pad=self.pad)
 
 
 class Upsample(nn.Module):
-    """x2 upsampling of the RGB skip path (zero-stuff, then the 4-tap kernel with gain 4)."""
+    """x2 upsampling of the RGB skip path (zero-stuff, then the 4-tap kernel with gain 4); ``impl`` as :class:`Blur`."""
 
     def __init__(self, taps: Sequence[float], factor: int = 2):
         super().__init__()
@@ -85,9 +93,19 @@ class Upsample(nn.Module):
         self.register_buffer("kernel", blur_kernel_2d(taps, factor * factor))
         p = len(taps) - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+        self.impl = "upfirdn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+        return BLUR_IMPLS[self.impl](x, self.kernel, up=self.factor, pad=self.pad)
+
+
+def set_blur_impl(module: nn.Module, impl: str) -> None:
+    """Compute every FIR filter inside ``module`` (blurs, skip upsamplers) as ``upfirdn`` or ``depthwise``."""
+    if impl not in BLUR_IMPLS:
+        raise ValueError(f"blur implementation must be one of {sorted(BLUR_IMPLS)}, got {impl!r}")
+    for sub in module.modules():
+        if isinstance(sub, (Blur, Upsample)):
+            sub.impl = impl
 
 
 class ModulatedConv2d(nn.Module):

@@ -17,10 +17,30 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import ConstantInput, ConvLayer, EqualLinear, ModulatedConv2d, PixelNorm, ResBlock, StyledConv, ToRGB
+from .layers import (
+    ConstantInput,
+    ConvLayer,
+    EqualLinear,
+    ModulatedConv2d,
+    PixelNorm,
+    ResBlock,
+    StyledConv,
+    ToRGB,
+    set_blur_impl,
+)
 
 BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512}
 MULTIPLIED_CHANNELS = {64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+
+
+def _caller_dtype(x: torch.Tensor, weights: torch.dtype) -> torch.dtype | None:
+    """The dtype to hand ``x``'s results back in, or None when ``x`` already has the weights' dtype.
+
+    A network whose weights were cast (``frozen_dtype: bfloat16``, :func:`recon.stylegan2.cast_frozen`)
+    takes the caller's tensors in its own dtype and returns them in the caller's, so callers stay
+    unchanged; when the dtypes agree (the reference, or autocast over float32 weights) nothing is cast.
+    """
+    return x.dtype if x.is_floating_point() and x.dtype != weights else None
 
 
 def channel_table(channel_multiplier: int) -> dict[int, int]:
@@ -110,6 +130,14 @@ class Generator(nn.Module):
             self.to_rgbs.append(ToRGB(out_ch, config.style_dim, blur_taps=taps))
             in_ch = out_ch
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.input.input.dtype
+
+    def set_blur_impl(self, impl: str) -> None:
+        """Compute the up-convolutions' blurs and the skip upsamplers as ``upfirdn`` or ``depthwise``."""
+        set_blur_impl(self, impl)
+
     def set_modconv_layout(self, layout: str) -> None:
         """Compute every modulated convolution as ``grouped`` (reference) or ``dense`` (same function)."""
         if layout not in ("grouped", "dense"):
@@ -126,9 +154,11 @@ class Generator(nn.Module):
         head of the split and ``style_forward(h, skip=k)`` the tail.
         """
         stop = len(self.style) if depth is None else min(depth, len(self.style))
+        back = _caller_dtype(x, self.weight_dtype)
+        x = x.to(self.weight_dtype)
         for i in range(max(skip, 0), stop):
             x = self.style[i](x)
-        return x
+        return x if back is None else x.to(back)
 
     def get_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Full mapping z -> w."""
@@ -137,14 +167,15 @@ class Generator(nn.Module):
     def mean_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean mapping output over ``n`` standard-normal z, shape (1, style_dim)."""
         dev = self.input.input.device
-        # drawn in float32 whatever the weights' dtype, so a float64 model averages the same z
-        z = torch.randn(n, self.style_dim, device=dev, generator=generator).to(self.input.input.dtype)
-        return self.get_latent(z).mean(0, keepdim=True)
+        # drawn in float32 whatever the weights' dtype, so a float64 model averages the same z; a bfloat16
+        # model maps them in bfloat16 but the mean is taken in float32
+        z = torch.randn(n, self.style_dim, device=dev, generator=generator)
+        return self.get_latent(z.to(torch.promote_types(self.weight_dtype, torch.float32))).mean(0, keepdim=True)
 
     def make_noise(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """Fresh standard-normal noise maps with the buffer shapes."""
+        """Fresh standard-normal noise maps with the buffer shapes, in the weights' dtype (drawn in float32)."""
         dev = self.input.input.device
-        return [torch.randn(*self.noise_buffer(i).shape, device=dev, generator=generator)
+        return [torch.randn(*self.noise_buffer(i).shape, device=dev, generator=generator).to(self.weight_dtype)
                 for i in range(self.num_layers)]
 
     def noise_buffer(self, i: int) -> torch.Tensor:
@@ -191,6 +222,13 @@ class Generator(nn.Module):
                         f"got {tuple(s.shape)}"
                     )
 
+        dtype = self.weight_dtype
+        back = _caller_dtype(styles[0], dtype)
+        styles = [s.to(dtype) for s in styles]
+        if truncation_latent is not None:
+            truncation_latent = truncation_latent.to(dtype)
+        if noise is not None:
+            noise = [n if n is None else n.to(dtype) for n in noise]
         if noise is None:
             if randomize_noise:
                 noise = [None] * self.num_layers
@@ -231,7 +269,9 @@ class Generator(nn.Module):
             out = conv(out, latent[:, i + 1], noise=n2)
             skip = to_rgb(out, latent[:, i + 2], skip)
             i += 2
-        return skip, (latent if return_latents else None)
+        if back is None:
+            return skip, (latent if return_latents else None)
+        return skip.to(back), (latent.to(back) if return_latents else None)
 
 
 class Discriminator(nn.Module):
@@ -260,6 +300,14 @@ class Discriminator(nn.Module):
             EqualLinear(ch[4], 1),
         )
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.convs[0][0].weight.dtype
+
+    def set_blur_impl(self, impl: str) -> None:
+        """Compute the down-sampling layers' blurs as ``upfirdn`` or ``depthwise``."""
+        set_blur_impl(self, impl)
+
     def features(self, x: torch.Tensor, num: int = 4) -> list[torch.Tensor]:
         """Outputs of the first ``num`` residual blocks (the 1x1 from-RGB layer excluded).
 
@@ -270,16 +318,18 @@ class Discriminator(nn.Module):
             raise ValueError(f"discriminator has only {len(self.convs) - 1} residual blocks, asked for {num}")
         if x.shape[-1] < 2 ** num or x.shape[-2] < 2 ** num:
             raise ValueError(f"input {tuple(x.shape[-2:])} too small for {num} downsampling blocks")
+        back = _caller_dtype(x, self.weight_dtype)
         feats = []
-        out = self.convs[0](x)
+        out = self.convs[0](x.to(self.weight_dtype))
         for block in self.convs[1 : num + 1]:
             out = block(out)
             feats.append(out)
-        return feats
+        return feats if back is None else [f.to(back) for f in feats]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Realness logit per image (reference forward, native-size input)."""
-        out = x
+        back = _caller_dtype(x, self.weight_dtype)
+        out = x.to(self.weight_dtype)
         for layer in self.convs:
             out = layer(out)
         batch, channel, height, width = out.shape
@@ -291,4 +341,5 @@ class Discriminator(nn.Module):
         stddev = stddev.mean(dim=(2, 3, 4), keepdim=True).squeeze(2)
         stddev = stddev.repeat(group, 1, height, width)
         out = self.final_conv(torch.cat([out, stddev], 1))
-        return self.final_linear(out.reshape(batch, -1))
+        out = self.final_linear(out.reshape(batch, -1))
+        return out if back is None else out.to(back)

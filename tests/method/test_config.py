@@ -199,3 +199,24 @@ def test_resolved_settings_round_trip_and_must_be_complete():
         GAN2ShapeConfig.from_dict(partial)
     with pytest.raises(ConfigError, match="batchsize must be an integer"):
         GAN2ShapeConfig.from_dict({**cfg.to_dict(), "batchsize": "x"})
+
+
+def test_speed_options_default_to_the_reference_and_refuse_other_values():
+    """The GPU speed options of issue 23 are each off by default (the reference computation) and
+    take only their named values."""
+    from recon.method.config import GAN2ShapeConfig
+
+    cfg = GAN2ShapeConfig()
+    assert (cfg.frozen_dtype, cfg.blur_impl, cfg.disc_feature_calls, cfg.cudnn_benchmark) == \
+        ("float32", "upfirdn", 2, False)
+    assert cfg.network_batching == "auto"
+    on = load_config("synface", {"frozen_dtype": "bfloat16", "blur_impl": "depthwise", "disc_feature_calls": "1",
+                                 "cudnn_benchmark": "true", "network_batching": "bmm"})
+    assert (on.frozen_dtype, on.blur_impl, on.disc_feature_calls, on.cudnn_benchmark, on.network_batching) == \
+        ("bfloat16", "depthwise", 1, True, "bmm")
+    for key, value, message in [("frozen_dtype", "float16", "frozen_dtype must be one of"),
+                                ("blur_impl", "fft", "blur_impl must be one of"),
+                                ("disc_feature_calls", 3, "disc_feature_calls must be 1 or 2"),
+                                ("cudnn_benchmark", "yes", "cudnn_benchmark must be true or false")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("synface", {key: value})

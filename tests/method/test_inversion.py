@@ -73,3 +73,29 @@ def test_reconstructor_invert_groups_sizes_and_feeds_reconstruct(tmp_path, targe
     assert res.latents.shape == (3, TINY_STYLE_DIM) and bool((res.distance < res.start_distance).all())
     out = rec.reconstruct(arrs[0], res.latents[0].numpy())
     assert np.isfinite(out.canonical_depth).all()
+
+
+def test_inversion_with_a_bfloat16_generator_keeps_float32_codes(targets, monkeypatch):
+    """With the frozen GAN held in bfloat16 (``frozen_dtype: bfloat16``) the codes Adam updates stay
+    float32 (never below it), the GAN computes in bfloat16, and inversion still gets much closer
+    than the mean latent."""
+    import copy
+
+    from recon.models.precision import cast_frozen
+
+    optimised: list[torch.dtype] = []
+    adam = torch.optim.Adam
+
+    def spy(params, **kwargs):
+        params = list(params)
+        optimised.extend(p.dtype for p in params)
+        return adam(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    gan, img = targets
+    gan16 = copy.deepcopy(gan)
+    cast_frozen(gan16.generator, torch.bfloat16)
+    cast_frozen(gan16.discriminator, torch.bfloat16)
+    res = invert(gan16, img, image_size=64, settings=InversionSettings(steps=100, patience=50), seed=0)
+    assert optimised == [torch.float32] and torch.isfinite(res.latents).all()
+    assert bool((res.start_distance / res.distance > FACTOR).all()), res.start_distance / res.distance

@@ -124,6 +124,49 @@ def test_discriminator_feature_loss_hand_value():
     assert float(discriminator_feature_loss(feats, x3.clone().requires_grad_(), y3, m).detach()) == pytest.approx(6.0)
 
 
+@pytest.mark.parametrize("instances", [0, 2])
+def test_one_discriminator_call_for_both_images_gives_the_two_call_loss_and_gradient(instances):
+    """``disc_feature_calls: 1`` stacks the projected and the pseudo images and calls the features
+    once; with a StyleGAN2 discriminator in float64 the loss and its gradient equal the two-call
+    reference's to rounding, with and without the instance axis. That rests on the features treating
+    each sample alone, checked here too: a sample's features are the same alone as in a batch, while
+    the full forward (minibatch standard deviation, after the blocks ``features`` returns) is not."""
+    from recon.stylegan2 import Discriminator
+
+    torch.manual_seed(5)
+    d = Discriminator(32, channels={32: 8, 16: 8, 8: 16, 4: 16}).double().requires_grad_(False)
+    calls = []
+
+    def features(images):
+        calls.append(images.shape[0])
+        return d.features(images, num=3)
+
+    gen = torch.Generator().manual_seed(6)
+    lead = (instances, 3) if instances else (3,)
+    x = torch.randn(*lead, 3, 32, 32, generator=gen, dtype=torch.float64)
+    y = torch.randn(*lead, 3, 32, 32, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(*lead, 1, 32, 32, generator=gen, dtype=torch.float64) > 0.3).double()
+    results = {}
+    for n in (2, 1):
+        calls.clear()
+        xi = x.clone().requires_grad_(True)
+        loss = discriminator_feature_loss(features, xi, y, mask, calls=n)
+        loss.sum().backward()
+        results[n] = (loss.detach(), xi.grad, list(calls))
+    rows = x.reshape(-1, 3, 32, 32).shape[0]
+    assert results[2][2] == [rows, rows] and results[1][2] == [2 * rows]
+    assert results[1][0].shape == ((instances,) if instances else ())
+    torch.testing.assert_close(results[1][0], results[2][0], rtol=1e-13, atol=0)
+    torch.testing.assert_close(results[1][1], results[2][1], rtol=1e-12, atol=1e-15)
+    # no batch coupling in the features; the minibatch stddev of the full forward couples samples
+    batch = torch.randn(4, 3, 32, 32, generator=gen, dtype=torch.float64)
+    for together, alone in zip(d.features(batch, num=3), d.features(batch[:1], num=3)):
+        torch.testing.assert_close(together[:1], alone, rtol=1e-13, atol=1e-14)
+    assert (d(batch)[:1] - d(batch[:1])).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="calls must be 1 or 2"):
+        discriminator_feature_loss(features, x, y, mask, calls=3)
+
+
 def test_photometric_loss_uses_masked_inputs_for_the_perceptual_term():
     seen = {}
 

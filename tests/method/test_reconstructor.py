@@ -294,14 +294,15 @@ def _separate_runs(bundle, device, modconv):
 
 @pytest.mark.parametrize("device, mode, gan_chunk, modconv", [
     ("cpu", "loop", 0, "grouped"), ("cpu", "loop", 3, "grouped"), ("cpu", "vmap", 2, "grouped"),
+    ("cpu", "bmm", 3, "dense"),
     pytest.param("cuda", "auto", 0, "grouped", marks=[pytest.mark.gpu, CUDA]),
     pytest.param("cuda", "auto", 0, "dense", marks=[pytest.mark.gpu, CUDA]),
 ])
 def test_batched_run_of_three_equals_three_separate_runs(bundle, device, mode, gan_chunk, modconv):
     """reconstruct_many(K=3) is the same computation as three reconstruct() calls,
     whether the GAN sees one instance per call (0 = automatic: 1 on CPU, all on CUDA), all
-    three, or 2 + 1, and on CUDA (vmap over the instances' networks) with either layout of
-    the GAN's modulated convolutions.
+    three, or 2 + 1, with the instances' networks as batched matmuls (bmm), and on CUDA (vmap
+    over the instances' networks) with either layout of the GAN's modulated convolutions.
 
     Checked in float64: there the only possible difference is summation order in
     batched kernels (~1e-15). In float32 the same rounding differences (~1e-6 in a

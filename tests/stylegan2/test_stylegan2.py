@@ -337,3 +337,178 @@ def test_truncated_http_download_is_detected(tmp_path):
             load_stylegan2(url)
     finally:
         server.shutdown()
+
+
+# --- speed options of the frozen networks ---------------------------------------------------------------
+
+@pytest.mark.parametrize("up,down", [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)])
+def test_depthwise_fir_filter_computes_upfirdn(up, down):
+    """``blur_impl: depthwise``'s filter is upfirdn2d's sums, for every up/down factor and pad
+    (symmetric, asymmetric, negative = crop) and a kernel that is neither square nor symmetric,
+    so a missed flip or an off-by-one crop would show."""
+    from recon.stylegan2.ops import upfirdn2d, upfirdn2d_depthwise
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 9, 7, generator=gen, dtype=torch.float64)
+    kernel = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    for pad in [(0, 0), (1, 1), (2, 1), (2, 2), (-1, 2), (1, 2, 0, 3), (3, 0, -1, 2)]:
+        a, b = upfirdn2d(x, kernel, up, down, pad), upfirdn2d_depthwise(x, kernel, up, down, pad)
+        assert a.shape == b.shape, pad
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-13)
+
+
+def _float64_pair(seed: int):
+    model = _small_model(seed=seed)
+    return model.generator.double().requires_grad_(False), model.discriminator.double().requires_grad_(False)
+
+
+@pytest.mark.parametrize("layout", ["grouped", "dense"])
+def test_depthwise_blur_gives_the_upfirdn_generator_and_discriminator(layout):
+    """Switching every blur and skip upsampler to depthwise convolutions (``set_blur_impl``) leaves the
+    generator's images, the discriminator's features and logits, and their input gradients the same
+    to float64 rounding: the up-convolutions' blurs and the skip path's x2 upsampling (generator),
+    the down-sampling blurs before stride-2 convolutions (discriminator)."""
+    from recon.stylegan2.layers import Blur, Upsample
+
+    g, d = _float64_pair(seed=5)
+    g.set_modconv_layout(layout)
+    kinds = {type(m) for m in g.modules()} | {type(m) for m in d.modules()}
+    assert {Blur, Upsample} <= kinds
+    gen = torch.Generator().manual_seed(6)
+    w = g.get_latent(torch.randn(3, 16, generator=gen, dtype=torch.float64))
+    images = torch.randn(3, 3, 32, 32, generator=gen, dtype=torch.float64)
+    out = {}
+    for impl in ("upfirdn", "depthwise"):
+        g.set_blur_impl(impl)
+        d.set_blur_impl(impl)
+        assert {m.impl for m in [*g.modules(), *d.modules()] if isinstance(m, (Blur, Upsample))} == {impl}
+        wi, xi = w.clone().requires_grad_(True), images.clone().requires_grad_(True)
+        img, _ = g([wi], input_is_latent=True, randomize_noise=False)
+        feats = d.features(xi, num=3)
+        logit = d(xi)
+        (img.square().mean() + sum(f.square().mean() for f in feats) + logit.sum()).backward()
+        out[impl] = [img.detach(), *[f.detach() for f in feats], logit.detach(), wi.grad, xi.grad]
+    for a, b in zip(out["upfirdn"], out["depthwise"]):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="blur implementation"):
+        g.set_blur_impl("fft")
+
+
+class _DtypeRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every floating-point result of every aten op run inside, as (op, dtype)."""
+
+    def __init__(self):
+        super().__init__()
+        self.results: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (list, tuple)) else [out]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                self.results.append((str(func), t.dtype))
+        return out
+
+
+def _module_dtypes(root: torch.nn.Module) -> tuple[list, set]:
+    """Forward hooks on every submodule of ``root`` collecting the dtypes of their floating inputs and outputs."""
+    seen: set[torch.dtype] = set()
+
+    def hook(module, inputs, output):
+        for t in [*inputs, *(output if isinstance(output, (list, tuple)) else [output])]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                seen.add(t.dtype)
+
+    return [m.register_forward_hook(hook) for name, m in root.named_modules() if name], seen
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("layout", ["grouped", "dense"])
+def test_bfloat16_generator_runs_every_op_in_bfloat16_near_float32(layout):
+    """``frozen_dtype: bfloat16``: a generator cast whole to bfloat16 (``cast_frozen``) takes float32 W
+    codes and hands back float32 images, and everything in between is bfloat16: every submodule's
+    inputs and outputs (forward hooks) and every op's result (a dispatch mode) except the two casts
+    at the boundary, with fixed noise buffers and freshly drawn noise alike; no float32 bias,
+    noise or blur kernel promotes an activation. Measured on this tiny random generator, relative to
+    the largest float32 value: images 1.2e-2 (grouped) / 1.8e-2 (dense) from float32, the W gradient
+    1.2e-2 / 2.3e-2; asserted with some room, 5e-2."""
+    from recon.models.precision import cast_frozen
+
+    torch.manual_seed(0)
+    g = Generator(SMALL_G).requires_grad_(False)
+    g.set_modconv_layout(layout)
+    w = g.get_latent(torch.randn(4, 16, generator=torch.Generator().manual_seed(2)))
+    w32 = w.clone().requires_grad_(True)
+    img32, _ = g([w32], input_is_latent=True, randomize_noise=False)
+    img32.square().mean().backward()
+    cast_frozen(g, torch.bfloat16)
+    assert {t.dtype for t in [*g.parameters(), *g.buffers()]} == {torch.bfloat16}
+    assert all(n.dtype == torch.bfloat16 for n in g.make_noise())
+    for randomize in (False, True):
+        hooks, seen = _module_dtypes(g)
+        w16 = w.clone().requires_grad_(True)
+        try:
+            with _DtypeRecorder() as rec:
+                img16, latents = g([w16], input_is_latent=True, randomize_noise=randomize, return_latents=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert seen == {torch.bfloat16}
+        wider = [r for r in rec.results if r[1] != torch.bfloat16]
+        assert wider == [("aten._to_copy.default", torch.float32)] * 2, wider  # the image and the latents
+        assert img16.dtype == latents.dtype == torch.float32 and img16.shape == img32.shape
+    img16, _ = g([w16 := w.clone().requires_grad_(True)], input_is_latent=True, randomize_noise=False)
+    img16.square().mean().backward()
+    assert w16.grad.dtype == torch.float32
+    assert _relative(img16, img32) < 5e-2 and _relative(w16.grad, w32.grad) < 5e-2
+    # the mapping (the latent projector's tail) also takes and gives the caller's dtype
+    z = torch.randn(3, 16)
+    assert g.style_forward(z, skip=1).dtype == torch.float32
+    assert g.mean_latent(64).dtype == torch.float32
+
+
+def test_bfloat16_discriminator_runs_every_op_in_bfloat16_near_float32():
+    """The discriminator's features (step 2's loss) and logits cast to bfloat16 the same way: float32
+    images in, float32 out, bfloat16 throughout, blur kernels included. Measured: features 0.7-0.8e-2
+    and logits 0.9e-2 from float32, relative to their largest value; asserted 5e-2."""
+    from recon.models.precision import cast_frozen
+
+    d = _small_model(seed=1).discriminator.requires_grad_(False)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    feats32, logit32 = d.features(x, num=3), d(x)
+    cast_frozen(d, torch.bfloat16)
+    assert {t.dtype for t in [*d.parameters(), *d.buffers()]} == {torch.bfloat16}
+    for call, expected_casts in ((lambda: d.features(x, num=3), 3), (lambda: [d(x)], 1)):
+        hooks, seen = _module_dtypes(d)
+        try:
+            with _DtypeRecorder() as rec:
+                outs = call()
+        finally:
+            for h in hooks:
+                h.remove()
+        assert seen == {torch.bfloat16}
+        assert [r for r in rec.results if r[1] != torch.bfloat16] == [("aten._to_copy.default", torch.float32)] * expected_casts
+        assert all(o.dtype == torch.float32 for o in outs)
+    for a, b in zip(d.features(x, num=3), feats32):
+        assert a.shape == b.shape and _relative(a, b) < 5e-2
+    assert _relative(d(x), logit32) < 5e-2
+    with pytest.raises(TypeError, match="cast_frozen handles"):
+        cast_frozen(torch.nn.Linear(2, 2), torch.bfloat16)
+
+
+def test_depthwise_blur_in_bfloat16_stays_in_bfloat16():
+    """The two speed options together: depthwise filters keep bfloat16 activations bfloat16 too."""
+    from recon.models.precision import cast_frozen
+
+    model = _small_model(seed=2)
+    g, d = (cast_frozen(m.requires_grad_(False), torch.bfloat16) for m in (model.generator, model.discriminator))
+    g.set_blur_impl("depthwise")
+    d.set_blur_impl("depthwise")
+    w, x = torch.randn(2, 16), torch.randn(2, 3, 32, 32)
+    with _DtypeRecorder() as rec:
+        g([w], input_is_latent=True, randomize_noise=False)
+        d.features(x, num=3)
+    assert [r for r in rec.results if r[1] != torch.bfloat16] == [("aten._to_copy.default", torch.float32)] * 4
