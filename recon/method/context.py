@@ -16,8 +16,10 @@ from torch import nn
 
 from recon.errors import first_line
 from recon.models.bundle import Gaussian, ModelBundle, load_pretrained_networks
+from recon.models.precision import apply_frozen_dtype
 from recon.renderer import DepthRenderer
 
+from .backend_flags import apply_backend_flags
 from .config import GAN2ShapeConfig
 from .cpu_memory import retain_freed_cpu_memory
 from .frozen_gan import FrozenGAN
@@ -99,6 +101,8 @@ def build_context(bundle: ModelBundle, config: GAN2ShapeConfig, device: torch.de
 
         lpips = LPIPS.from_files(bundle.lpips_vgg16, bundle.lpips_heads, device=device,
                                  storage_options=storage_options).to(dtype)
+        apply_frozen_dtype(cfg, None, None, lpips)  # frozen_dtype: the VGG16 trunk too
+    apply_backend_flags(cfg)  # cudnn_benchmark (process-wide; a worker process runs one setting)
 
     renderer = DepthRenderer(cfg.image_size, fov=cfg.fov, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
                              rot_center_depth=cfg.rot_center_depth, backend=cfg.renderer, device=device)

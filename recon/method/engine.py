@@ -362,7 +362,8 @@ class InstanceGroup:
     def step2_loss(self, pseudo: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         projected, dw = self.project(pseudo, train=True)
         l1 = masked_l1(projected, pseudo, masks, instance_dims=1)
-        feat = discriminator_feature_loss(self.disc_features, projected, pseudo, masks)
+        feat = discriminator_feature_loss(self.disc_features, projected, pseudo, masks,
+                                          calls=self.cfg.disc_feature_calls)
         reg = latent_regularizer(dw, instance_dims=1)
         total = l1 + feat + self.cfg.lam_regular * reg
         return total, {"l1": l1, "disc_feat": feat, "latent_reg": reg}

@@ -16,6 +16,7 @@ import torch
 from recon.models.gan import load_gan
 
 from .config import GAN2ShapeConfig
+from .speed_options import apply_frozen_options
 
 __all__ = ["FrozenGAN", "LATENT_RANGE_SAMPLES", "mapping_output_range"]
 
@@ -78,6 +79,8 @@ class FrozenGAN:
                 with torch.no_grad():
                     self.truncation_latent = self.generator.mean_latent(
                         4096, torch.Generator(device).manual_seed(0)).to(dtype)
+        # frozen_dtype / blur_impl: after the values above (kept at float32's precision), before compiling
+        apply_frozen_options(config, self.generator, self.discriminator)
         self._generate, self._features = self.generator, self.discriminator.features
         if config.gan_compile != "none":
             # Compiled once per input shape and grad mode (static shapes: a group's shapes repeat for

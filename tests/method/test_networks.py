@@ -366,7 +366,7 @@ def test_bmm_batching_gives_the_loop_outputs_and_gradients(name, options):
 
 
 def test_bmm_batching_keeps_the_stacked_networks_interface():
-    """parameters, state_dict(i), load_state, set_requires_grad and zero_grad_instances behave in bmm
+    """parameters, state_dict(i), load_state, set_requires_grad and keep_grad_where behave in bmm
     mode as in the others: one (K, ...) leaf per weight, instance i's slice loads and reads back,
     frozen weights get no gradient, and a dropped instance's gradient is zero while others keep theirs."""
     from recon.method.stacked import StackedNetwork
@@ -384,7 +384,7 @@ def test_bmm_batching_keeps_the_stacked_networks_interface():
     assert not bmm(x).requires_grad
     bmm.set_requires_grad(True)
     bmm(x).square().mean().backward()
-    bmm.zero_grad_instances([1])
+    bmm.keep_grad_where(torch.tensor([True, False, True]))
     for p in bmm.parameters():
         assert (p.grad[1] == 0).all() and p.grad[0].abs().sum() > 0
     with pytest.raises(ValueError, match="auto, vmap, loop or bmm"):

@@ -1,31 +1,15 @@
-"""The frozen networks' speed options (issue 23) end to end, with the wiring the model-loading code gets.
-
-Until the model-loading context calls them, :func:`_wire` does here what it will do: the FIR
-filters' implementation and the frozen dtype on the loaded networks (``apply_frozen_options``,
-the latent projector rebuilt after it), and ``disc_feature_calls`` passed to step 2's loss.
+"""The frozen networks' speed options (issue 23) end to end, through the real wiring: the method
+context applies the FIR filters' implementation and the frozen dtype when it loads the networks
+(before building the latent projector), and the engine passes ``disc_feature_calls`` to step 2's loss.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import torch
 from bundles import FAST, TINY_STYLE_DIM
 
 from recon import Reconstructor
-from recon.method import engine, losses
-from recon.method.latent import LatentProjector
-from recon.method.speed_options import apply_frozen_options
 from recon.stylegan2.layers import Blur, EqualConv2d, ModulatedConv2d, Upsample
-
-
-def _wire(rec: Reconstructor, monkeypatch) -> list[str]:
-    cfg = rec.config
-    cast = apply_frozen_options(cfg, rec.gan.generator, rec.gan.discriminator, rec.lpips)
-    rec.projector = LatentProjector(rec.gan.generator, cfg.F1_d, cfg.mapping_tail)
-    monkeypatch.setattr(engine, "discriminator_feature_loss",
-                        functools.partial(losses.discriminator_feature_loss, calls=cfg.disc_feature_calls))
-    return cast
 
 
 def _item(rec: Reconstructor, seed: int = 4) -> dict:
@@ -40,13 +24,13 @@ def _item(rec: Reconstructor, seed: int = 4) -> dict:
 
 def _feature_batches(rec: Reconstructor, monkeypatch) -> list[int]:
     sizes: list[int] = []
-    features = rec.disc_features
+    features = rec.gan.disc_features
 
     def counted(x):
         sizes.append(x.shape[0])
         return features(x)
 
-    monkeypatch.setattr(rec, "disc_features", counted)
+    monkeypatch.setattr(rec.gan, "disc_features", counted)
     return sizes
 
 
@@ -61,7 +45,7 @@ def test_exact_speed_options_reconstruct_what_the_reference_does(bundle, monkeyp
     expected = ref.reconstruct(**item)
     fast = Reconstructor(bundle, "synface", dtype=torch.float64, overrides={
         **options, "blur_impl": "depthwise", "disc_feature_calls": 1, "network_batching": "bmm"})
-    assert _wire(fast, monkeypatch) == []  # nothing changes dtype
+    assert {p.dtype for p in fast.gan.generator.parameters()} == {torch.float64}  # nothing changes dtype
     assert {m.impl for m in [*fast.gan.generator.modules(), *fast.gan.discriminator.modules()]
             if isinstance(m, (Blur, Upsample))} == {"depthwise"}
     fast_sizes = _feature_batches(fast, monkeypatch)
@@ -84,7 +68,8 @@ def test_bfloat16_frozen_gan_runs_the_method_in_bfloat16_and_stays_near_float32(
     item = _item(ref)
     expected = ref.reconstruct(**item)
     rec = Reconstructor(bundle, "synface", overrides={**options, "frozen_dtype": "bfloat16"})
-    assert _wire(rec, monkeypatch) == ["generator", "discriminator"]
+    assert {p.dtype for net in (rec.gan.generator, rec.gan.discriminator) for p in net.parameters()} \
+        == {torch.bfloat16}
     zero = rec.projector.offset(torch.zeros(2, TINY_STYLE_DIM))
     assert zero.dtype == torch.float32 and torch.equal(zero, torch.zeros_like(zero))
     seen: dict[str, set] = {"gan": set(), "networks": set()}
