@@ -46,6 +46,7 @@ CHOICES = {
     "modconv": ("grouped", "dense"),
     "gan_compile": ("none", "inductor", "aot_eager"),
     "rng_device": ("cpu", "device"),
+    "iteration_compile": ("none", "aot_eager", "inductor", "cudagraphs"),
     "pool_device": ("auto", "device", "host"),
     "frozen_dtype": ("float32", "bfloat16"),
     "blur_impl": ("upfirdn", "depthwise"),
@@ -125,6 +126,10 @@ class GAN2ShapeConfig:
     # the GPU only then. A NaN is still that instance's DivergenceError, reported up to this many
     # iterations later with the iteration it happened at. Results do not depend on it.
     sync_every: int = 25
+    # torch.compile each step's whole iteration (forward, losses; one graph per step and flip, shapes
+    # static): none, aot_eager (no code generation), inductor, cudagraphs (inductor + CUDA graphs of
+    # the parts with static shapes). The torch rasteriser's data-dependent search splits the graph.
+    iteration_compile: str = "none"
     # Speed options of the frozen networks, each off by default (the reference) until measured on a GPU:
     # bfloat16: G, D and LPIPS's VGG16 hold every weight, buffer, noise map and blur kernel in bfloat16, so
     # no float32 bias or noise promotes their activations back to float32 as under autocast alone;

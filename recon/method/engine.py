@@ -49,6 +49,20 @@ __all__ = ["NETWORKS", "STEP_NETWORKS", "Instance", "InstanceGroup"]
 STEP_NETWORKS = {"prior": ("netD",), "step1": ("netA",), "step2": ("netEnc",), "step3": ("netV", "netL", "netD", "netA")}
 
 
+def compiled_iteration(loss_fn: Callable[[], tuple[torch.Tensor, dict]], how: str
+                       ) -> Callable[[], tuple[torch.Tensor, dict]]:
+    """A step's iteration (``loss_fn``: forward and losses) compiled as ``iteration_compile`` asks.
+
+    Dynamo caches the graph per code object and guards on the closure's values, so each (step, flip)
+    gets its graph once per process. ``cudagraphs`` replays the static-shape parts as CUDA graphs.
+    """
+    if how == "none":
+        return loss_fn
+    if how == "cudagraphs":
+        return torch.compile(loss_fn, backend="inductor", mode="reduce-overhead", dynamic=False)
+    return torch.compile(loss_fn, backend=how, dynamic=False)
+
+
 @dataclass
 class Instance:
     """One validated input: image (1,3,H0,W0) in [-1,1], latent (D,), optional mask (1,1,H0,W0)."""
@@ -441,6 +455,7 @@ class InstanceGroup:
         if iters <= 0:
             return
         opt = self.optimizer(step)
+        loss_fn = compiled_iteration(loss_fn, self.cfg.iteration_compile)
         warmup = self.cfg.lr_warmup
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup)) if warmup > 0 else None
         for name in NETWORKS:

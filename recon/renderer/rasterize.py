@@ -132,6 +132,9 @@ def _chunk_bounds(cum_counts: torch.Tensor, budget: int) -> list[tuple[int, int]
     return bounds
 
 
+# Its search has data-dependent sizes (candidates, covered samples): a compiled caller (the engine's
+# ``iteration_compile``) would recompile it for every new size, so it always runs eagerly.
+@torch.compiler.disable
 def rasterize_depth(
     verts: torch.Tensor,
     faces: torch.Tensor,

@@ -90,3 +90,24 @@ def test_bfloat16_frozen_gan_runs_the_method_in_bfloat16_and_stays_near_float32(
     gap = np.abs(expected.canonical_depth - got.canonical_depth).mean()  # depth spans [0.9, 1.1]
     print("mean canonical-depth gap to float32:", gap)
     assert 0 < gap < 0.05, gap
+
+
+def test_a_compiled_iteration_computes_what_the_eager_one_does(bundle):
+    """``iteration_compile``: each step's forward and losses run as compiled graphs (aot_eager: no
+    code generation, so the CPU test stays short) and give the eager run's reconstruction up to
+    float32 rounding."""
+    from torch._dynamo.utils import counters
+
+    options = {**FAST, "fast": 0.01, "stage_len": {"step1": 300, "step2": 0, "step3": 0}}
+    eager = Reconstructor(bundle, "synface", overrides=options)
+    item = _item(eager)
+    expected = eager.reconstruct(**item)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = Reconstructor(bundle, "synface", overrides={**options, "iteration_compile": "aot_eager"})
+    got = compiled.reconstruct(**item)
+    assert counters["stats"]["unique_graphs"] > 0  # the iterations did run compiled
+    assert got.iterations == expected.iterations
+    for field in ("canonical_depth", "view_depth", "albedo", "light", "view"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), rtol=0, atol=1e-4)
+    torch._dynamo.reset()
