@@ -1,7 +1,7 @@
 """K independent copies of a network, trained together (one per instance).
 
 Each copy has its own weights; a forward maps inputs shaped (K, B, ...) to
-outputs (K, B, ...). Two ways to run them, chosen by ``mode``:
+outputs (K, B, ...). The ways to run them, chosen by ``mode``:
 
 * ``"vmap"``: weights stored stacked (K, ...) and evaluated with
   ``torch.func.vmap`` over ``functional_call``: one batched kernel per layer,
