@@ -223,7 +223,8 @@ class InstanceGroup:
         losses finite, the instance's gradients are zeroed from this iteration on like any diverged
         instance's, and it gets a DivergenceError naming the iteration at the next read-back.
         """
-        ok = (torch.isfinite(depth) & (depth > 0)).flatten(1).all(dim=1)  # (K,)
+        k = depth.shape[0]
+        ok = self.ctx.renderer.usable_depth(depth.flatten(0, 1)).reshape(k, -1).all(dim=1)  # (K,)
         self.losses.flag(self.step_name, ~ok, "the depth network's output became NaN or inf")
         stand_in = torch.full_like(depth, float(self.cfg.effective_border_depth))
         return torch.where(ok[:, None, None, None], depth, stand_in)

@@ -126,10 +126,16 @@ class DepthRenderer:
         if x.device.type != self.device.type:
             raise ValueError(f"{name} is on {x.device} but the renderer was built for {self.device}")
 
+    @staticmethod
+    def usable_depth(depth: torch.Tensor) -> torch.Tensor:
+        """(B,) bool of (B, H, W) depth maps: finite and positive everywhere, the renderer's
+        requirement; on the device (callers that cannot afford a host read test it themselves)."""
+        return (torch.isfinite(depth) & (depth > 0)).flatten(1).all(dim=1)
+
     def _check_depth_values(self, name: str, depth: torch.Tensor) -> None:
         # A NaN or non-positive depth would silently drop faces or flip the geometry
         # behind the camera; refuse it instead (one host sync).
-        if not bool(torch.isfinite(depth).all() & (depth > 0).all()):
+        if not bool(self.usable_depth(depth).all()):
             raise ValueError(f"{name} must be finite and positive everywhere")
 
     def _rigid(self, view: torch.Tensor | RigidTransform, like: torch.Tensor) -> RigidTransform:

@@ -119,3 +119,20 @@ def test_a_lone_instance_that_diverges_raises_with_the_iteration(bundle):
     img_w = _inputs(rec, 1)[0]
     with pytest.raises(DivergenceError, match=r"loss became (nan|inf) at iteration \d+"):
         rec._run_group([img_w])
+
+
+def test_a_nan_depth_is_flagged_on_the_device_and_named_with_its_step_and_iteration(bundle):
+    """The renderer's own depth check is skipped in the engine; finite_depth makes the same check
+    (DepthRenderer.usable_depth) on the device, stands in the border depth and flags the instance."""
+    rec = Reconstructor(bundle, "synface", overrides={**FAST, "sync_every": 50,
+                                                      "stage_len": {"step1": 4, "step2": 0, "step3": 0},
+                                                      "fast": 1.0})
+    group = InstanceGroup(rec.context, _inputs(rec, 2))
+    depth = torch.full((2, 1, rec.image_size, rec.image_size), 1.0)
+    depth[1, 0, 3, 4] = math.nan
+    group.step_name = "step1"
+    out = group.finite_depth(depth)
+    assert torch.equal(out[0], depth[0]) and torch.isfinite(out[1]).all()
+    assert group.diverged == [None, None]  # known on the device only, until the read-back
+    group.losses.read_back()
+    assert group.diverged == [None, "the depth network's output became NaN or inf at step1 iteration 1"]
