@@ -100,6 +100,11 @@ class GAN2ShapeConfig:
     lam_perc: float = 0.5
     lam_smooth: float = 0.01
     lam_regular: float = 0.01
+    # Weight of a step-3 term not in the reference (0 = the reference): V's view of each projected
+    # sample pulled towards the view its pseudo-sample was drawn with (mean squared error in V's
+    # output space, recon.method.losses.pseudo_view_loss). A label the method draws itself, no
+    # ground truth: it gives V a direct signal where re-rendering alone leaves it near the mean view.
+    lam_pseudo_view: float = 0.0
     add_mean_V: bool = True
     add_mean_L: bool = True
     truncation: float = 1.0

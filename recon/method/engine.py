@@ -32,7 +32,14 @@ from recon.renderer import compose_shaded_image, lambertian_diffuse, light_from_
 
 from .imaging import prepare_gan_output, prepare_input
 from .loss_log import LossLog
-from .losses import discriminator_feature_loss, latent_regularizer, masked_l1, photometric_loss, smoothness
+from .losses import (
+    discriminator_feature_loss,
+    latent_regularizer,
+    masked_l1,
+    photometric_loss,
+    pseudo_view_loss,
+    smoothness,
+)
 from .networks import NETWORKS
 from .pool import ProjectedPool
 from .prior import default_box_mask, ellipsoid_prior
@@ -330,6 +337,12 @@ class InstanceGroup:
 
         Returns images (K,n,3,S,S) clamped to [-1,1] and masks (K,n,1,S,S).
         """
+        images, masks, _ = self.sample_pseudo_with_views(n)
+        return images, masks
+
+    @torch.no_grad()
+    def sample_pseudo_with_views(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample_pseudo`, plus the views drawn, (K,n,6) in V's output space (``lam_pseudo_view``'s targets)."""
         cfg, r, c = self.cfg, self.ctx.renderer, self.cache
         k, s, dev = self.k, self.size, self.device
         views, dirs, rhos = [], [], []
@@ -339,7 +352,8 @@ class InstanceGroup:
             dirs.append(d)
             rhos.append(rho)
         # non_blocking: with CPU streams the draws travel to the GPU without the host waiting for it
-        view = view_from_network(torch.stack(views).to(dev, self.dtype, non_blocking=True).reshape(k * n, 6),
+        raw_views = torch.stack(views).to(dev, self.dtype, non_blocking=True)  # (K,n,6), V's output space
+        view = view_from_network(raw_views.reshape(k * n, 6),
                                  cfg.xyz_rotation_range, cfg.xy_translation_range, cfg.z_translation_range)
         ldir = torch.stack(dirs).to(dev, self.dtype, non_blocking=True)  # (K,n,3)
         rho = torch.stack(rhos).to(dev, self.dtype, non_blocking=True)  # (K,n)
@@ -359,7 +373,7 @@ class InstanceGroup:
         else:
             src = torch.ones(k * n, 1, s, s, device=dev, dtype=self.dtype)
         masks = F.grid_sample(src, grid, mode="nearest", align_corners=True)
-        return images.reshape(k, n, 3, s, s), masks.reshape(k, n, 1, s, s)
+        return images.reshape(k, n, 3, s, s), masks.reshape(k, n, 1, s, s), raw_views
 
     def project(self, pseudo: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Project pseudo-samples onto the GAN manifold: G(w + dw(E(x))) (docs/method.md#step-2-latent-projection)."""
@@ -389,15 +403,16 @@ class InstanceGroup:
         device when it fits (recon.method.pool)."""
         cfg = self.cfg
         self.pool = None  # the previous pool's memory is free before the next one is made
+        with_views = cfg.lam_pseudo_view > 0
         pool = ProjectedPool(self.k, cfg.collect * cfg.batchsize, self.size, self.dtype, self.device,
-                             self.generators, cfg.pool_device)
+                             self.generators, cfg.pool_device, with_views=with_views)
         for _ in range(cfg.collect):
-            pseudo, pmask = self.sample_pseudo(cfg.batchsize)
+            pseudo, pmask, views = self.sample_pseudo_with_views(cfg.batchsize)
             projected, _ = self.project(pseudo, train=False)
-            pool.add(projected, pmask)
+            pool.add(projected, pmask, views if with_views else None)
         self.pool = pool
 
-    def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Read the pool sequentially, reshuffling each instance's order when it runs out (docs/method.md#collection)."""
         return self.pool.next_batch(self.cfg.batchsize)
 
@@ -407,12 +422,13 @@ class InstanceGroup:
         train = STEP_NETWORKS["step3"]
         out = self.forward_input(flip, train)
         loss_in = self.input_loss(out)
-        proj, pmask = self.next_pool_batch()
+        proj, pmask, pseudo_views = self.next_pool_batch()
         k, b = proj.shape[:2]
         view = self.net("netV", proj)
         light = self.net("netL", proj)
         if cfg.add_mean_V:
             view = view + self.view_mean
+        terms = {"input": loss_in}
         if cfg.add_mean_L:
             light = light + self.light_mean
         copies = out["depth"].shape[1]
@@ -429,7 +445,12 @@ class InstanceGroup:
         for rnd in renders:
             loss_proj = loss_proj + photometric_loss(self.perceptual, rnd["recon"], proj, mask, cfg.lam_perc,
                                                      instance_dims=1)
-        return loss_in + loss_proj, {"input": loss_in, "projected": loss_proj}, out
+        terms["projected"] = loss_proj
+        total = loss_in + loss_proj
+        if pseudo_views is not None:  # lam_pseudo_view > 0: not in the reference
+            terms["pseudo_view"] = pseudo_view_loss(view, pseudo_views, instance_dims=1)
+            total = total + cfg.lam_pseudo_view * terms["pseudo_view"]
+        return total, terms, out
 
     # ------------------------------------------------------------------ running
     def optimizer(self, step: str) -> torch.optim.Optimizer:

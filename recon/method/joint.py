@@ -115,25 +115,27 @@ class JointTrainer(InstanceGroup):
 
     @torch.no_grad()
     def collect(self) -> None:
+        with_views = self.cfg.lam_pseudo_view > 0
         pools: dict[int, list] = {j: [] for j in range(len(self.items))}
         for _ in range(self.cfg.collect):
             self.next_image()
-            pseudo, pmask = self.sample_pseudo(self.cfg.batchsize)
+            pseudo, pmask, views = self.sample_pseudo_with_views(self.cfg.batchsize)
             projected, _ = self.project(pseudo, train=False)
-            pools[self.current].append((projected.cpu(), pmask.cpu()))
+            pools[self.current].append((projected.cpu(), pmask.cpu(), views.cpu() if with_views else None))
         for j, parts in pools.items():
-            self.items[j]["pool"] = (torch.cat([p for p, _ in parts], 1), torch.cat([m for _, m in parts], 1)) \
-                if parts else None
+            self.items[j]["pool"] = tuple(None if part[0] is None else torch.cat(part, 1)
+                                          for part in zip(*parts)) if parts else None
 
-    def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """A random batch from the current image's pool, drawn without replacement like the reference's
-        ``randperm(pool)[:batchsize]`` (joint mode)."""
+        ``randperm(pool)[:batchsize]`` (joint mode): images, masks, views (None without lam_pseudo_view)."""
         pool = self.items[self.current]["pool"]
         if pool is None:  # this image got no projected samples in the collection: use another one's
             pool = next(item["pool"] for item in self.items if item["pool"] is not None)
-        images, masks = pool
+        images, masks, views = pool
         idx = torch.randperm(images.shape[1], generator=self.generators[0])[:min(self.cfg.batchsize, images.shape[1])]
-        return images[:, idx].to(self.device), masks[:, idx].to(self.device)
+        return (images[:, idx].to(self.device), masks[:, idx].to(self.device),
+                None if views is None else views[:, idx].to(self.device))
 
     def step3(self, stage: int) -> None:
         flip = self.cfg.flip("step3", stage)

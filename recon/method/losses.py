@@ -44,6 +44,17 @@ def latent_regularizer(delta_w: torch.Tensor, instance_dims: int = 0) -> torch.T
     return delta_w.pow(2).mean(dims)
 
 
+def pseudo_view_loss(predicted: torch.Tensor, drawn: torch.Tensor, instance_dims: int = 0) -> torch.Tensor:
+    """mean((V(projected) - drawn view)^2), in V's output space: not in the reference (``lam_pseudo_view``).
+
+    Each projected sample is the GAN's image of a pseudo-sample that was rendered with a view drawn
+    from the view prior, so that view is a label the method made itself. The reference trains V
+    only through re-rendering; this term also tells V which view each projected sample shows.
+    """
+    dims = tuple(range(instance_dims, predicted.ndim))
+    return (predicted - drawn.to(predicted.dtype)).pow(2).mean(dims)
+
+
 def discriminator_feature_loss(
     features: Callable[[torch.Tensor], Sequence[torch.Tensor]],
     x: torch.Tensor,

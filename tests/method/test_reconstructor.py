@@ -186,9 +186,9 @@ def test_joint_step3_batches_are_drawn_without_replacement(bundle):
     img, w = _sample(joint, 0)
     trainer = JointTrainer(joint.context, [joint.validate(img, w)])
     size, pool = 32, torch.arange(32.0).reshape(1, 32, 1, 1, 1)
-    trainer.items[0]["pool"] = (pool, torch.ones_like(pool))
+    trainer.items[0]["pool"] = (pool, torch.ones_like(pool), None)  # images, masks, no views
     for _ in range(50):
-        images, _ = trainer.next_pool_batch()
+        images, _, _ = trainer.next_pool_batch()
         drawn = images.flatten().tolist()
         assert len(drawn) == 12 and len(set(drawn)) == 12 and set(drawn) <= set(range(size))
 

@@ -81,7 +81,8 @@ def test_the_pool_reads_in_the_order_the_host_side_reader_did():
     pool = _pool()
     expected = _reference_reads(2, 5, 2, 7, [10, 11])
     for picks in expected:
-        images, masks = pool.next_batch(2)
+        images, masks, views = pool.next_batch(2)
+        assert views is None
         # sample j of instance i holds the value i * 5 + j in every pixel
         got = [[int(v) - i * 5 for v in images[i, :, 0, 0, 0].tolist()] for i in range(2)]
         assert got == picks
@@ -90,7 +91,7 @@ def test_the_pool_reads_in_the_order_the_host_side_reader_did():
 
 def test_a_batch_larger_than_the_pool_reads_the_whole_pool_and_reading_early_is_refused():
     pool = _pool()
-    images, _ = pool.next_batch(8)
+    images, _, _ = pool.next_batch(8)
     assert images.shape[:2] == (2, 5)
     assert sorted(images[0, :, 0, 0, 0].tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0]
     empty = ProjectedPool(1, 4, 4, torch.float32, CPU, [torch.Generator()])
