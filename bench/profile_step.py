@@ -84,7 +84,16 @@ for path in (REPO, REPO / "bench"):
         sys.path.insert(0, str(path))
 
 from report_path import report_path  # noqa: E402
-from step_throughput import bench_bundle, full_counts, make_items, measure, parse_setting  # noqa: E402
+from step_throughput import (  # noqa: E402
+    bench_bundle,
+    device_sync,
+    full_counts,
+    make_items,
+    measure,
+    parse_setting,
+    timed_reconstruct,
+    warm_up,
+)
 
 from recon.method.config import parse_assignments  # noqa: E402
 
@@ -469,26 +478,11 @@ def schedule_view(summary: dict, iterations: dict[str, int], counts: dict[str, i
 
 
 # ---------------------------------------------------------------------------------------- running
-def warm_up(bundle: Path, args, k: int, overrides: dict) -> None:
-    """One untimed run at ``--warmup-fast`` (lazy CUDA initialisation, cuDNN autotuning, compilation)."""
-    from recon import Reconstructor
-
-    rec = Reconstructor(str(bundle), args.preset, device=args.device,
-                        overrides={**overrides, "fast": args.warmup_fast})
-    results = rec.reconstruct_many(make_items(rec, k), batch_size=k)
-    bad = [r for r in results if isinstance(r, Exception)]
-    if bad:
-        raise bad[0]
-    del rec, results
-    gc.collect()
-
-
 def profiled_run(bundle: Path, args, k: int, overrides: dict, labeller: Labeller) -> dict:
     """One labelled, profiled run of K instances at ``args.fast`` (the caller warmed the process up)."""
     from recon import Reconstructor
 
     cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides={**overrides, "fast": args.fast})
     labeller.name_networks(rec)
     items = make_items(rec, k)
@@ -496,15 +490,10 @@ def profiled_run(bundle: Path, args, k: int, overrides: dict, labeller: Labeller
     activities = [torch.profiler.ProfilerActivity.CPU]
     if cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    sync()
+    device_sync(args.device)()
     with torch.profiler.profile(activities=activities, record_shapes=False, with_stack=False) as prof:
-        start = time.perf_counter_ns()
-        results = rec.reconstruct_many(items, batch_size=k)
-        sync()
-        wall_ns = time.perf_counter_ns() - start
-    bad = [r for r in results if isinstance(r, Exception)]
-    if bad:
-        raise bad[0]
+        results, seconds = timed_reconstruct(rec, items, k, args.device)
+        wall_ns = int(seconds * 1e9)
     kineto = getattr(getattr(prof, "profiler", None), "kineto_results", None)
     if kineto is None:
         raise ProfileSetupError("torch.profiler.profile().profiler.kineto_results is missing in this torch "

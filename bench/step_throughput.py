@@ -41,6 +41,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -163,28 +164,48 @@ def full_counts(preset: str, overrides: dict, fits_prior: bool) -> dict[str, int
     return counts
 
 
-def measure(bundle: Path, args, k: int, overrides: dict) -> dict:
-    """Warm-up run, then a timed run of K instances together; per-step rates and the full-schedule price."""
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides={**overrides, "fast": args.warmup_fast})
-    items = make_items(rec, k)
-    warm = rec.reconstruct_many(items, batch_size=k)
-    if isinstance(warm[0], Exception):
-        raise warm[0]
-    del rec, warm
-    gc.collect()
-    rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides={**overrides, "fast": args.fast})
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    sync()
-    start = time.perf_counter()
+def device_sync(device: str) -> Callable[[], None]:
+    """What waits for the device's queued work: CUDA's synchronize, nothing on the CPU."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def reconstruct_checked(rec: Reconstructor, items: list[dict], k: int) -> list:
+    """``rec.reconstruct_many`` of ``items`` K at a time; the first failed instance's error is raised."""
     results = rec.reconstruct_many(items, batch_size=k)
-    sync()
-    seconds = time.perf_counter() - start
     bad = [r for r in results if isinstance(r, Exception)]
     if bad:
         raise bad[0]
+    return results
+
+
+def timed_reconstruct(rec: Reconstructor, items: list[dict], k: int, device: str) -> tuple[list, float]:
+    """:func:`reconstruct_checked` between two waits for the device, and its wall seconds."""
+    sync = device_sync(device)
+    sync()
+    start = time.perf_counter()
+    results = reconstruct_checked(rec, items, k)
+    sync()
+    return results, time.perf_counter() - start
+
+
+def warm_up(bundle: Path, args, k: int, overrides: dict) -> None:
+    """One untimed run at ``--warmup-fast`` (lazy CUDA initialisation, cuDNN autotuning, compilation)."""
+    rec = Reconstructor(str(bundle), args.preset, device=args.device,
+                        overrides={**overrides, "fast": args.warmup_fast})
+    reconstruct_checked(rec, make_items(rec, k), k)
+    del rec
+    gc.collect()
+
+
+def measure(bundle: Path, args, k: int, overrides: dict) -> dict:
+    """Warm-up run, then a timed run of K instances together; per-step rates and the full-schedule price."""
+    warm_up(bundle, args, k, overrides)
+    rec = Reconstructor(str(bundle), args.preset, device=args.device, overrides={**overrides, "fast": args.fast})
+    items = make_items(rec, k)
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    results, seconds = timed_reconstruct(rec, items, k, args.device)
     r0 = results[0]
     passes = rec.config.collect * rec.config.num_stage  # the engine times collection per pass, not per iteration
     per_iter = {step: secs / (passes if step == "collect" else r0.iterations[step])
