@@ -48,6 +48,7 @@ class LossLog:
         self.alive = torch.ones(k, dtype=torch.bool, device=device)
         self._events: list[_Flag | _Losses] = []
         self._counts: dict[str, int] = {}  # iterations recorded per step (host-side, no read-back)
+        self._pending = 0  # iterations recorded since the last read-back
 
     def iteration(self, step: str) -> int:
         """The 1-based number of the iteration of ``step`` being recorded next."""
@@ -66,10 +67,11 @@ class LossLog:
         self.alive &= torch.isfinite(total)
         self._events.append(_Losses(step, total, {name: t.detach().reshape(-1) for name, t in terms.items()}))
         self._counts[step] = self._counts.get(step, 0) + 1
+        self._pending += 1
 
     def due(self) -> bool:
-        """Whether this many iterations have been recorded since the last read-back."""
-        return sum(isinstance(e, _Losses) for e in self._events) >= self.every
+        """Whether ``every`` iterations have been recorded since the last read-back."""
+        return self._pending >= self.every
 
     def read_back(self) -> None:
         """Copy the pending records to the host in one transfer and update history, losses and messages."""
@@ -105,3 +107,4 @@ class LossLog:
                 for name, tv in terms.items():
                     self.final_losses[i][f"{e.step}.{name}"] = tv[i] if len(tv) > 1 else tv[0]
         self._events.clear()
+        self._pending = 0
