@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import torch
 
 from .engine import NETWORKS, Instance, InstanceGroup
+from .pool import pool_bytes, pool_on_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import MethodContext
@@ -115,13 +116,17 @@ class JointTrainer(InstanceGroup):
 
     @torch.no_grad()
     def collect(self) -> None:
-        with_views = self.cfg.lam_pseudo_view > 0
+        cfg = self.cfg
+        with_views = cfg.lam_pseudo_view > 0
+        # the same placement rule as a group's pool: on the device when the whole collection fits
+        total = pool_bytes(1, cfg.collect * cfg.batchsize, self.size, self.dtype)
+        where = self.device if pool_on_device(self.device, total, cfg.pool_device) else torch.device("cpu")
         pools: dict[int, list] = {j: [] for j in range(len(self.items))}
-        for _ in range(self.cfg.collect):
+        for _ in range(cfg.collect):
             self.next_image()
-            pseudo, pmask, views = self.sample_pseudo_with_views(self.cfg.batchsize)
+            pseudo, pmask, views = self.sample_pseudo_with_views(cfg.batchsize)
             projected, _ = self.project(pseudo, train=False)
-            pools[self.current].append((projected.cpu(), pmask.cpu(), views.cpu() if with_views else None))
+            pools[self.current].append((projected.to(where), pmask.to(where), views.to(where) if with_views else None))
         for j, parts in pools.items():
             self.items[j]["pool"] = tuple(None if part[0] is None else torch.cat(part, 1)
                                           for part in zip(*parts)) if parts else None
