@@ -30,7 +30,8 @@ DEMO_WEIGHTS = Path(__file__).resolve().parent / "demo_pretrained.pth"
 TRAIN_SAMPLES = 96
 TRAIN_SEED = 0
 #: Schedule scale of the shipped run: demo_pretrain's stages five times as long (measured in
-#: docs/quality.md: 1x left the depth net drawing checkerboards, MAD 55 deg; 5x gives 38-42 deg).
+#: docs/quality.md: 1x left the depth net drawing checkerboards, MAD 55 deg; 5x gives 38-42 deg, and
+#: 32-33 deg with the preset's lam_pseudo_view).
 TRAIN_FAST = 5.0
 #: Thread count of the regeneration: CPU kernels split sums by thread, so it is part of the recipe.
 TRAIN_THREADS = 2
