@@ -403,7 +403,7 @@ class InstanceGroup:
         device when it fits (recon.method.pool)."""
         cfg = self.cfg
         self.pool = None  # the previous pool's memory is free before the next one is made
-        with_views = cfg.lam_pseudo_view > 0
+        with_views = self.keeps_pseudo_views
         pool = ProjectedPool(self.k, cfg.collect * cfg.batchsize, self.size, self.dtype, self.device,
                              self.generators, cfg.pool_device, with_views=with_views)
         for _ in range(cfg.collect):
@@ -411,6 +411,11 @@ class InstanceGroup:
             projected, _ = self.project(pseudo, train=False)
             pool.add(projected, pmask, views if with_views else None)
         self.pool = pool
+
+    @property
+    def keeps_pseudo_views(self) -> bool:
+        """Whether the collection keeps each sample's drawn view: only step 3's ``lam_pseudo_view`` term reads them."""
+        return self.cfg.lam_pseudo_view > 0
 
     def next_pool_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Read the pool sequentially, reshuffling each instance's order when it runs out (docs/method.md#collection)."""
@@ -428,7 +433,6 @@ class InstanceGroup:
         light = self.net("netL", proj)
         if cfg.add_mean_V:
             view = view + self.view_mean
-        terms = {"input": loss_in}
         if cfg.add_mean_L:
             light = light + self.light_mean
         copies = out["depth"].shape[1]
@@ -445,7 +449,7 @@ class InstanceGroup:
         for rnd in renders:
             loss_proj = loss_proj + photometric_loss(self.perceptual, rnd["recon"], proj, mask, cfg.lam_perc,
                                                      instance_dims=1)
-        terms["projected"] = loss_proj
+        terms = {"input": loss_in, "projected": loss_proj}
         total = loss_in + loss_proj
         if pseudo_views is not None:  # lam_pseudo_view > 0: not in the reference
             terms["pseudo_view"] = pseudo_view_loss(view, pseudo_views, instance_dims=1)

@@ -117,7 +117,7 @@ class JointTrainer(InstanceGroup):
     @torch.no_grad()
     def collect(self) -> None:
         cfg = self.cfg
-        with_views = cfg.lam_pseudo_view > 0
+        with_views = self.keeps_pseudo_views
         # the same placement rule as a group's pool: on the device when the whole collection fits
         total = pool_bytes(1, cfg.collect * cfg.batchsize, self.size, self.dtype)
         where = self.device if pool_on_device(self.device, total, cfg.pool_device) else torch.device("cpu")

@@ -1,8 +1,9 @@
 """Step 3's pool of projected samples and its per-instance reading order (docs/method.md#collection).
 
 The collection fills, per instance, ``P = collect x batchsize`` projected samples and their
-masks (and, with ``lam_pseudo_view``, the views their pseudo-samples were rendered with); step 3 reads them ``batchsize`` at a time in a random order that is reshuffled when
-fewer than a batch remain (the leftover samples come first, as in the reference's loader).
+masks (and, with ``lam_pseudo_view``, the views their pseudo-samples were rendered with); step 3
+reads them ``batchsize`` at a time in a random order that is reshuffled when fewer than a batch
+remain (the leftover samples come first, as in the reference's loader).
 
 Where the pool lives is one decision, :func:`pool_on_device`: on the group's device when it
 fits, so a step-3 batch is a gather on the device; otherwise in host memory. The order is drawn
